@@ -1,0 +1,36 @@
+# The two set-up commands: `make run` (install + whole pipeline) and `make test` (install + tests).
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# no telemetry from any of the tools, ever
+# dvc.yaml commands call `python`: the one in the venv
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_ENABLE_TELEMETRY := false
+# pip on this machine lists extra local indexes that warn for every missing package
+PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: install run test test-fast bench clean-outputs
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --progress-bar off -q -e '.[test]' 2>&1 | $(PIP_QUIET)
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/dvc repro
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+bench: install
+	for b in benchmarks/bench_*.py; do $(PY) -m benchmarks.$$(basename $$b .py); done

@@ -1,0 +1,33 @@
+"""`python -m pipeline <stage>`: run one stage of dvc.yaml as a Prefect flow."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+STAGES = ("ingest", "index")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+    from pipeline.params import ParamsError, load_params
+    from psta.errors import DatasetError
+
+    try:
+        load_params(args.params)  # fail on bad params before a flow (and its server) starts
+        module = importlib.import_module(f"pipeline.stages.{args.stage}")
+        module.flow_entry(params_path=args.params)
+    except (ParamsError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

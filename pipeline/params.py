@@ -1,0 +1,166 @@
+"""params.yaml: typed sections, validated once at the stage boundary.
+
+Every knob of the pipeline lives in params.yaml, grouped by the stage that reads it. Loading
+checks every key against the dataclasses below, so a typo or an ill-typed value is one clear
+error naming the key and the fix, before any long work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unknown or ill-typed."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: Literal["synthetic", "mars", "duke", "videos"] = "synthetic"
+    # the dataset folder itself (holding bbox_train/ and info/ for MARS, train/ query/ gallery/
+    # for Duke); for source=synthetic the generated tree is written here (under data/raw/)
+    root: str = "data/raw/MARS"
+    on_bad_frame: Literal["error", "skip"] = "error"
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    layout: Literal["mars", "duke"] = "mars"
+    seed: int = 0
+    num_train_ids: int = 48
+    num_test_ids: int = 48
+    num_cameras: int = 6
+    min_length: int = 8
+    max_length: int = 48
+    height: int = 128
+    width: int = 64
+    num_distractor_tracklets: int = 12
+    num_junk_tracklets: int = 6
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    experiment: str = "psta"
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dataclasses.asdict(getattr(self, name))
+
+    def sections(self, *names: str) -> dict[str, dict[str, Any]]:
+        return {name: self.section(name) for name in names}
+
+    def digest(self, *names: str) -> str:
+        """A short hash of the named sections (all when none), for run tags and cache keys."""
+        chosen = self.sections(*names) if names else dataclasses.asdict(self)
+        blob = json.dumps(chosen, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(v) for v in typing.get_args(tp))
+    if typing.get_origin(tp) in (list, tuple):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif isinstance(tp, types.UnionType) or origin is typing.Union:
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except ParamsError:
+                continue
+    elif origin in (list, tuple):
+        if isinstance(value, list):
+            return tuple(_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value))
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ParamsError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, raw: Any, where: str, source: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: '{where}' must be a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ParamsError(
+            f"{source}: unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
+            f"'{where}' accepts: {', '.join(sorted(known))}"
+        )
+    values = {}
+    for name in raw:
+        tp = hints[name]
+        key = f"{where}.{name}"
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw[name], key, source)
+        else:
+            try:
+                values[name] = _coerce(raw[name], tp, key)
+            except ParamsError as err:
+                raise ParamsError(f"{source}: {err}; fix the value in {source}") from None
+    return cls(**values)
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: the top level must be a mapping of sections")
+    hints = typing.get_type_hints(Params)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise ParamsError(
+            f"{source}: unknown section(s) {', '.join(unknown)}; known sections: {', '.join(hints)}"
+        )
+    return Params(**{name: _build(hints[name], raw[name], name, source) for name in raw})
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found; run from the repository root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, source=str(path))
