@@ -6,14 +6,16 @@ import importlib
 import os
 import sys
 
-STAGES = ("ingest", "index")
+STAGES = ("ingest", "index", "cache")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("stage", choices=(*STAGES, "repro"), help="a dvc.yaml stage, or repro for all")
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.stage != "repro":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
     from pipeline.params import ParamsError, load_params
@@ -21,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         load_params(args.params)  # fail on bad params before a flow (and its server) starts
+        if args.stage == "repro":
+            from pipeline.repro import run_dvc_repro
+
+            return run_dvc_repro(extra, params_path=args.params)
         module = importlib.import_module(f"pipeline.stages.{args.stage}")
         module.flow_entry(params_path=args.params)
     except (ParamsError, DatasetError) as err:

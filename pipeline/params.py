@@ -35,17 +35,51 @@ class DataParams:
 
 @dataclass(frozen=True)
 class SyntheticParams:
+    """psta.data.synthetic.SyntheticConfig, plus which layout to write."""
+
     layout: Literal["mars", "duke"] = "mars"
     seed: int = 0
     num_train_ids: int = 48
     num_test_ids: int = 48
-    num_cameras: int = 6
-    min_length: int = 8
-    max_length: int = 48
+    num_cameras: int | None = None
+    cameras_per_id: tuple[int, ...] = (2, 3)
+    tracklets_per_camera: tuple[int, ...] = (1, 2)
+    min_len: int = 8
+    max_len: int = 48
     height: int = 128
     width: int = 64
-    num_distractor_tracklets: int = 12
-    num_junk_tracklets: int = 6
+    num_distractor_tracklets: int = 24
+    num_junk_tracklets: int = 12
+    num_distractor_ids: int = 12
+    old_style_fraction: float = 0.3
+    f0002_fraction: float = 0.1
+    occlusion_prob: float = 0.25
+    jpeg_quality: int = 90
+
+    def config(self):
+        from psta.data.synthetic import SyntheticConfig
+
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k != "layout"}
+        return SyntheticConfig(**values)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: Literal["psta", "tap"] = "psta"
+    backbone: Literal["resnet50", "resnet34", "resnet18"] = "resnet50"
+    # none | imagenet | a path to a backbone .pth (see README: ImageNet weights)
+    pretrained: str = "none"
+    seq_len: int = 8
+    height: int = 256
+    width: int = 128
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    format: Literal["auto", "raw", "jpeg"] = "auto"
+    shard_mb: int = 1024
+    num_workers: int = 2
+    jpeg_quality: int = 95
 
 
 @dataclass(frozen=True)
@@ -57,6 +91,8 @@ class TrackingParams:
 class Params:
     data: DataParams = field(default_factory=DataParams)
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    cache: CacheParams = field(default_factory=CacheParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
     def section(self, name: str) -> dict[str, Any]:
@@ -79,6 +115,8 @@ def _type_name(tp: Any) -> str:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
     return getattr(tp, "__name__", str(tp))
 
 

@@ -21,9 +21,10 @@ def test_repository_params_are_valid_and_complete():
     "raw, message",
     [
         ({"data": {"sorce": "mars"}}, "unknown key(s) data.sorce; 'data' accepts: on_bad_frame, root, source"),
+        ({"synthetic": {"cameras_per_id": [2, "x"]}}, "synthetic.cameras_per_id[1]: expected int, got str 'x'"),
         ({"data": {"source": "market"}}, "data.source: expected 'synthetic' | 'mars' | 'duke' | 'videos', got str 'market'"),
         ({"synthetic": {"seed": "zero"}}, "synthetic.seed: expected int, got str 'zero'"),
-        ({"synthetic": {"num_cameras": True}}, "synthetic.num_cameras: expected int, got bool True"),
+        ({"synthetic": {"num_cameras": True}}, "synthetic.num_cameras: expected int or null, got bool True"),
         ({"trian": {}}, "unknown section(s) trian"),
         ({"data": [1, 2]}, "'data' must be a mapping of keys"),
     ],

@@ -1,7 +1,6 @@
 """index: the frame manifest -> the Parquet tracklet index (tracklets, frames, stats)."""
 from __future__ import annotations
 
-
 from prefect import flow
 
 from pipeline import paths
@@ -13,8 +12,7 @@ from pipeline.stage import log_files, log_numbers, stage_run, stage_task
 def build(manifest_path):
     from psta.index import build_index, read_manifest
 
-    raw, ok_mask = read_manifest(manifest_path)
-    return build_index(raw, ok_mask)
+    return build_index(read_manifest(manifest_path))
 
 
 @flow(name="index")
@@ -25,10 +23,9 @@ def index(params_path: str = "params.yaml") -> dict:
     with stage_run("index", params, ("data",)):
         tracklet_index = build(paths.MANIFEST)
         write_index(tracklet_index, paths.INDEX)
-        stats = tracklet_index.stats
-        log_numbers(stats)
+        log_numbers(tracklet_index.stats)
         log_files(paths.INDEX / "stats.json")
-        return stats
+        return tracklet_index.stats
 
 
 def flow_entry(params_path: str) -> dict:

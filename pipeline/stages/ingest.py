@@ -2,7 +2,7 @@
 
 synthetic -> generate the tree (MARS or Duke layout) under data/raw/;
 mars / duke -> read the user's copy in place at data.root.
-Either way every frame file is checked and the manifest lists one row per frame.
+Either way every frame file is checked, and the manifest lists one row per frame.
 """
 from __future__ import annotations
 
@@ -27,71 +27,66 @@ def dataset_root(params: Params) -> Path:
                 f"params.yaml: data.root={params.data.root!r} must lie under {paths.RAW}/ when "
                 "data.source is synthetic (the generated tree is a DVC output there)"
             ) from None
+    elif params.data.source == "videos":
+        raise ParamsError("params.yaml: data.source=videos is not available yet; use synthetic, mars or duke")
     return root
-
-
-@stage_task
-def generate_synthetic(params: Params, root: Path) -> dict:
-    from psta.data import synthetic
-
-    cfg = synthetic.SyntheticConfig(**{k: v for k, v in params.section("synthetic").items() if k != "layout"})
-    with atomic_dir(root) as tmp:
-        writer = synthetic.generate_mars if params.synthetic.layout == "mars" else synthetic.generate_duke
-        planted = writer(tmp, cfg)
-    return planted
-
-
-@stage_task
-def read_raw(layout: str, root: Path):
-    from psta.data import duke, mars
-
-    return mars.read_mars(root) if layout == "mars" else duke.read_duke(root)
-
-
-@stage_task
-def check_frames(root: Path, raw, on_bad_frame: str):
-    from psta.data.frame_check import check_frames as check
-
-    return check(root, raw.frame_paths(), on_bad_frame=on_bad_frame)
 
 
 def layout_of(params: Params) -> str:
     return params.synthetic.layout if params.data.source == "synthetic" else params.data.source
 
 
+@stage_task
+def generate_synthetic(params: Params, root: Path) -> dict:
+    from psta.data import GENERATORS
+
+    return GENERATORS[params.synthetic.layout](root, params.synthetic.config())
+
+
+@stage_task
+def read_raw(layout: str, root: Path):
+    from psta.data import read_dataset
+
+    return read_dataset(layout, root)
+
+
+@stage_task
+def check_frames(root: Path, raw, on_bad_frame: str):
+    from psta.data import check_frames as check
+
+    return check(root, raw.paths, on_bad_frame)
+
+
 @flow(name="ingest")
 def ingest(params_path: str = "params.yaml") -> dict:
+    from psta.index import write_manifest
+
     params = load_params(params_path)
     root = dataset_root(params)
     layout = layout_of(params)
     with stage_run("ingest", params, ("data", "synthetic")):
-        planted = None
-        if params.data.source == "synthetic":
-            planted = generate_synthetic(params, root)
-        elif params.data.source == "videos":
-            raise ParamsError("params.yaml: data.source=videos is not available yet")
+        planted = generate_synthetic(params, root) if params.data.source == "synthetic" else None
         raw = read_raw(layout, root)
         ok_mask, bad = check_frames(root, raw, params.data.on_bad_frame)
+        info = {"source": params.data.source, "layout": layout, "root": str(root)}
         stats = {
-            "source": params.data.source,
-            "layout": layout,
-            "frames": int(len(ok_mask)),
+            **info,
+            "tracklets": len(raw.tracklets),
+            "frames": raw.num_frames,
+            "junk_tracklets": int(raw.tracklets["junk"].sum()),
             "bad_frames": len(bad),
-            "bad_frame_examples": [str(b) for b in bad[:20]],
+            "bad_frame_examples": [f"{p}: {why}" for p, why in bad[:20]],
             "planted": planted,
         }
-        from psta.index import write_manifest
-
         with atomic_dir(paths.INGEST) as out:
             write_manifest(raw, ok_mask, out / paths.MANIFEST.name)
-            info = {"source": params.data.source, "layout": layout, "root": str(root)}
-            (out / paths.DATASET_INFO.name).write_text(json.dumps(info, indent=2))
-            (out / paths.INGEST_STATS.name).write_text(json.dumps(stats, indent=2, default=str))
+            (out / paths.DATASET_INFO.name).write_text(json.dumps(info, indent=2) + "\n")
+            (out / paths.INGEST_STATS.name).write_text(json.dumps(stats, indent=2) + "\n")
         if params.data.source != "synthetic":
-            # data/raw is a declared out: for a user's dataset it only records where the data is
+            # data/raw is a declared out; for a user's own copy it only records where the data is
             with atomic_dir(paths.RAW) as out:
-                (out / "SOURCE.json").write_text(json.dumps(info, indent=2))
-        log_numbers({"frames": stats["frames"], "bad_frames": stats["bad_frames"]})
+                (out / "SOURCE.json").write_text(json.dumps(info, indent=2) + "\n")
+        log_numbers({k: stats[k] for k in ("tracklets", "frames", "junk_tracklets", "bad_frames")})
         log_files(paths.INGEST_STATS, paths.DATASET_INFO)
         return stats
 

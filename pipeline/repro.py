@@ -1,0 +1,46 @@
+"""`python -m pipeline repro`: one pipeline execution = one MLflow parent run around `dvc repro`.
+
+Each stage process finds the parent's id in PSTA_PARENT_RUN_ID and nests its run under it.
+Without PREFECT_API_URL every flow would boot a temporary Prefect server of its own (6-16 s
+each); one server for the whole execution costs that once.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline import servers, tracking
+from pipeline.params import load_params
+
+
+def run_dvc_repro(dvc_args: list[str], params_path: str = "params.yaml", own_prefect_server: bool = True) -> int:
+    import mlflow
+
+    params = load_params(params_path)
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_experiment(params.tracking.experiment)
+    tags = {"stage": "pipeline", "git_commit": tracking.git_commit(), "params_hash": params.digest()}
+    with mlflow.start_run(run_name="pipeline", tags=tags) as parent:
+        mlflow.log_params(tracking.flatten(params.sections(*params.__dataclass_fields__)))
+        env = {**os.environ, tracking.PARENT_RUN_ENV: parent.info.run_id}
+        env.pop("MLFLOW_RUN_ID", None)
+        with contextlib.ExitStack() as stack:
+            if own_prefect_server and not env.get("PREFECT_API_URL"):
+                home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prefect-")))
+                env["PREFECT_API_URL"] = stack.enter_context(servers.prefect_server(home))
+            dvc = Path(sys.executable).with_name("dvc")
+            code = subprocess.run([str(dvc) if dvc.exists() else "dvc", "repro", *dvc_args], env=env).returncode
+        mlflow.set_tag("data_version", tracking.data_version())
+        metrics = Path("reports/metrics.json")
+        if code == 0 and metrics.exists():
+            from pipeline.stage import log_numbers, read_json
+
+            log_numbers(read_json(metrics))
+        if code != 0:
+            mlflow.set_tag("failure", f"dvc repro exited with {code}")
+            mlflow.end_run(status="FAILED")
+    return code

@@ -1,0 +1,38 @@
+"""cache: the indexed frames -> a frame store at the model's input size, built for clip reads."""
+from __future__ import annotations
+
+import json
+
+from prefect import flow
+
+from pipeline import paths
+from pipeline.params import load_params
+from pipeline.stage import log_numbers, stage_run, stage_task
+
+
+@stage_task(retries=1)
+def build(params, root):
+    from psta.data.cache import build_frame_cache
+    from psta.index import read_index
+
+    index = read_index(paths.INDEX)
+    return build_frame_cache(
+        index.frames, root, paths.CACHE,
+        height=params.model.height, width=params.model.width, format=params.cache.format,
+        shard_bytes=params.cache.shard_mb << 20, num_workers=params.cache.num_workers,
+        jpeg_quality=params.cache.jpeg_quality,
+    )
+
+
+@flow(name="cache")
+def cache(params_path: str = "params.yaml") -> dict:
+    params = load_params(params_path)
+    root = json.loads(paths.DATASET_INFO.read_text())["root"]
+    with stage_run("cache", params, ("cache", "model")):
+        stats = build(params, root)
+        log_numbers(stats)
+        return stats
+
+
+def flow_entry(params_path: str) -> dict:
+    return cache(params_path=params_path)
