@@ -1,7 +1,76 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
 
 # No telemetry from any tool during tests, and no test writes to the developer's own stores.
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A few seconds per stage on 2 cores: small frames, few identities, short tracklets.
+TINY_PARAMS = {
+    "synthetic": {
+        "num_train_ids": 8, "num_test_ids": 8, "min_len": 4, "max_len": 12, "height": 64,
+        "width": 32, "num_distractor_tracklets": 3, "num_junk_tracklets": 2, "num_distractor_ids": 2,
+    },
+    "model": {"backbone": "resnet18", "seq_len": 4, "height": 64, "width": 32},
+    "cache": {"num_workers": 0},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One real Prefect server for the session, so each flow does not boot a temporary one."""
+    from pipeline.servers import prefect_server
+
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as url:
+        yield url
+
+
+class Workspace:
+    """A scratch project directory: params.yaml + dvc.yaml, running `python -m pipeline`."""
+
+    def __init__(self, path: Path, env: dict[str, str]):
+        self.path = path
+        self.env = env
+
+    def write_params(self, override: dict) -> None:
+        base = yaml.safe_load((REPO / "params.yaml").read_text())
+        (self.path / "params.yaml").write_text(yaml.safe_dump(merge(merge(base, TINY_PARAMS), override)))
+
+    def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline", *args], cwd=self.path, env=self.env,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"pipeline {args} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        return proc
+
+
+@pytest.fixture
+def workspace(tmp_path, prefect_api) -> Workspace:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PREFECT_API_URL": prefect_api,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    env.pop("PSTA_PARENT_RUN_ID", None)
+    ws = Workspace(tmp_path, env)
+    ws.write_params({})
+    return ws

@@ -1,0 +1,463 @@
+"""Tests of psta.model: shapes, the batched pair processing against a per-pair loop oracle,
+the released checkpoint layout, gradients, parameter count, pretrained weights, precision."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from psta.model import (
+    CheckpointMismatchError,
+    PretrainedWeightsError,
+    autocast_context,
+    build_model,
+    cpu_supports_bf16,
+    feature_map_size,
+    load_checkpoint,
+    load_released_psta,
+    resolve_precision,
+    save_checkpoint,
+    to_channels_last,
+)
+
+TSV = Path("/work/shared/psta_reference_keys.tsv")
+if not TSV.is_file():  # a checkout that carries its own copy
+    TSV = Path(__file__).resolve().parents[1] / "shared" / "psta_reference_keys.tsv"
+
+
+# --------------------------------------------------------------------------------------------
+# Oracle: a plain per-pair loop PSTA written straight from PSTA_SPEC.md / the reference loops.
+# Same submodule names as the released checkpoints, so state dicts move between the two.
+# --------------------------------------------------------------------------------------------
+def _cbr(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class OracleTRA(nn.Module):
+    def __init__(self, c, hw):
+        super().__init__()
+        self.gamma_temporal = _cbr(c, c // 8)
+        self.beta_temporal = _cbr(c, c // 8)
+        self.gg_temporal = _cbr(2 * hw, 128)
+        self.tte_para = _cbr(256, 128)
+        self.te_para = nn.Sequential(nn.Conv2d(256, 1, 1, bias=False), nn.BatchNorm2d(1), nn.Sigmoid())
+        self.theta_channel = nn.Sequential(nn.Conv1d(c, c // 8, 1, bias=False), nn.ReLU())
+        self.channel_para = nn.Sequential(nn.Linear(c // 4, c // 8), nn.ReLU(), nn.Linear(c // 8, c), nn.Sigmoid())
+
+    def forward(self, fmap, flat, vect, embed):
+        b, t, c, h, w = fmap.shape
+        gamma = self.gamma_temporal(flat).view(b, t, -1, h * w)
+        beta = self.beta_temporal(flat).view(b, t, -1, h * w)
+        theta = self.theta_channel(vect.permute(0, 2, 1))  # b x C/8 x t
+        out = []
+        for i in range(0, t, 2):
+            j = i + 1
+            a_i = self.channel_para(torch.cat((theta[:, :, i], theta[:, :, j]), 1)).view(b, -1, 1, 1)
+            a_j = self.channel_para(torch.cat((theta[:, :, j], theta[:, :, i]), 1)).view(b, -1, 1, 1)
+            r_ij = torch.matmul(gamma[:, i].permute(0, 2, 1), beta[:, j])
+            r_ji = torch.matmul(gamma[:, j].permute(0, 2, 1), beta[:, i])
+            in_ij = r_ij.permute(0, 2, 1).reshape(b, h * w, h, w)
+            out_ij = r_ij.reshape(b, h * w, h, w)
+            in_ji = r_ji.permute(0, 2, 1).reshape(b, h * w, h, w)
+            out_ji = r_ji.reshape(b, h * w, h, w)
+            g0 = self.gg_temporal(torch.cat((in_ij, out_ji), 1))
+            alpha = self.te_para(torch.cat((self.tte_para(torch.cat((embed[:, i], embed[:, j]), 1)), g0), 1))
+            g1 = self.gg_temporal(torch.cat((in_ji, out_ij), 1))
+            beta_ = self.te_para(torch.cat((self.tte_para(torch.cat((embed[:, j], embed[:, i]), 1)), g1), 1))
+            pair = (a_i * alpha) * fmap[:, i] + (a_j * beta_) * fmap[:, j]
+            out.append(torch.relu(pair) ** 2)
+        return torch.stack(out, 1)
+
+
+class OracleSRA(nn.Module):
+    def __init__(self, c, hw):
+        super().__init__()
+        self.alphi_appearance = _cbr(c, c // 8)
+        self.delta_appearance = _cbr(c, c // 8)
+        self.gg_spatial = _cbr(2 * hw, 128)
+        self.spa_para = nn.Sequential(nn.Conv2d(256, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+                                      nn.Conv2d(128, 1, 1, bias=False), nn.BatchNorm2d(1), nn.Sigmoid())
+        self.app_channel = nn.Sequential(nn.Linear(c, c // 8), nn.ReLU(), nn.Linear(c // 8, c), nn.Sigmoid())
+
+    def forward(self, fmap, flat, vect, embed, aggregated):
+        b, t, c, h, w = fmap.shape
+        phi = self.alphi_appearance(flat).view(b * t, -1, h * w)
+        delta = self.delta_appearance(flat).view(b * t, -1, h * w)
+        r = torch.matmul(phi.permute(0, 2, 1), delta)
+        joint = torch.cat((r.permute(0, 2, 1).reshape(b * t, h * w, h, w), r.reshape(b * t, h * w, h, w)), 1)
+        s = self.spa_para(torch.cat((embed.reshape(b * t, -1, h, w), self.gg_spatial(joint)), 1)).view(b, t, 1, h, w)
+        out = []
+        for i in range(0, t, 2):
+            c_i = self.app_channel(vect[:, i]).view(b, -1, 1, 1)
+            c_j = self.app_channel(vect[:, i + 1]).view(b, -1, 1, 1)
+            out.append(aggregated[:, i // 2] + torch.relu((c_i * s[:, i]) * fmap[:, i] + (c_j * s[:, i + 1]) * fmap[:, i + 1]))
+        return torch.stack(out, 1)
+
+
+class OracleSTAM(nn.Module):
+    def __init__(self, c, hw):
+        super().__init__()
+        self.Embeding = nn.Sequential(nn.Conv2d(c, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
+                                      nn.Conv2d(256, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU())
+        self.TRAG = OracleTRA(c, hw)
+        self.SRAG = OracleSRA(c, hw)
+        self.conv_block = nn.Sequential(
+            nn.Conv2d(c, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
+            nn.Conv2d(256, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+
+    def forward(self, fmap):
+        b, t, c, h, w = fmap.shape
+        flat = fmap.reshape(b * t, c, h, w)
+        vect = F.adaptive_avg_pool2d(flat, 1).view(b, t, c)
+        embed = self.Embeding(flat).view(b, t, -1, h, w)
+        agg = self.TRAG(fmap, flat, vect, embed)
+        agg = self.SRAG(fmap, flat, vect, embed, agg)
+        return self.conv_block(agg.reshape(b * (t // 2), c, h, w)).view(b, t // 2, c, h, w)
+
+
+class OracleBase(nn.Module):
+    def __init__(self, name):
+        super().__init__()
+        net = getattr(torchvision.models, name)(weights=None)
+        for k in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, k, getattr(net, k))
+        for m in self.layer4[0].modules():
+            if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
+                m.stride = (1, 1)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class OraclePSTA(nn.Module):
+    def __init__(self, num_classes, seq_len=8, height=256, width=128, backbone="resnet50"):
+        super().__init__()
+        self.base = OracleBase(backbone)
+        h, w = feature_map_size(height, width)
+        cin = 2048 if backbone == "resnet50" else 512
+        self.down_channel = _cbr(cin, 1024)
+        self.n = int(math.log2(seq_len))
+        for k in range(self.n):
+            setattr(self, f"layer{k + 1}", OracleSTAM(1024, h * w))
+        self.bottleneck = nn.ModuleList([nn.BatchNorm1d(1024) for _ in range(self.n)])
+        self.classifier = nn.ModuleList([nn.Linear(1024, num_classes) for _ in range(self.n)])
+
+    def forward(self, x):
+        b, t = x.shape[:2]
+        fmap = self.down_channel(self.base(x.reshape(b * t, *x.shape[2:])))
+        fmap = fmap.view(b, t, *fmap.shape[1:])
+        gs, feats = [], []
+        for k in range(self.n):
+            fmap = getattr(self, f"layer{k + 1}")(fmap)
+            gs.append(F.adaptive_avg_pool2d(fmap.mean(1), 1).view(b, -1))
+            feats.append(torch.stack(gs, 1).mean(1))
+        bn = [self.bottleneck[k](f) for k, f in enumerate(feats)]
+        if not self.training:
+            return bn[-1]
+        return [self.classifier[k](f) for k, f in enumerate(bn)], bn
+
+
+# --------------------------------------------------------------------------------------------
+def _randomise_(model: nn.Module, seed: int = 0) -> None:
+    """Random BN affine parameters and running statistics, so BN is no identity in the checks."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def _assert_close(a, b, tol=1e-5):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def _tsv_layout():
+    rows = []
+    for line in TSV.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape = line.split("\t")
+        rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
+    return rows
+
+
+def _random_released_state(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in _tsv_layout():
+        if key.endswith("num_batches_tracked"):
+            v = torch.tensor(1234)
+        elif key.endswith("running_var"):
+            v = torch.rand(shape, generator=g) + 0.5
+        elif key.endswith("running_mean") or key.endswith("bias"):
+            v = torch.randn(shape, generator=g) * 0.1
+        elif len(shape) == 1:  # BN weight
+            v = torch.rand(shape, generator=g) + 0.5
+        else:  # conv / linear weight, Kaiming-scaled so that activations stay finite
+            v = torch.randn(shape, generator=g) * math.sqrt(2.0 / math.prod(shape[1:]))
+        sd["module." + key] = v
+    return sd
+
+
+@pytest.fixture(scope="module")
+def psta50():
+    torch.manual_seed(0)
+    return build_model("psta", 625)
+
+
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(256, 128), (128, 64)])
+@pytest.mark.parametrize("seq_len", [2, 4, 8, 16])
+def test_shapes(seq_len, size):
+    torch.manual_seed(0)
+    levels = int(math.log2(seq_len))
+    model = build_model("psta", 7, seq_len=seq_len, height=size[0], width=size[1], backbone="resnet18")
+    assert model.feature_dim == 1024 and model.num_levels == levels
+    x = torch.randn(2, seq_len, 3, *size)
+    with torch.no_grad():
+        logits, feats = model.train()(x)
+        assert len(logits) == len(feats) == levels
+        assert all(l.shape == (2, 7) for l in logits) and all(f.shape == (2, 1024) for f in feats)
+        emb = model.eval()(x[:1])
+    assert emb.shape == (1, 1024) and torch.isfinite(emb).all()
+
+
+@pytest.mark.parametrize("bad", [0, 1, 3, 6, 12])
+def test_bad_seq_len_rejected(bad):
+    with pytest.raises(ValueError, match=r"power of two >= 2 .*got T=" + str(bad)):
+        build_model("psta", 5, seq_len=bad, backbone="resnet18")
+
+
+def test_wrong_input_rejected():
+    model = build_model("psta", 5, seq_len=4, height=128, width=64, backbone="resnet18").eval()
+    with pytest.raises(ValueError, match="seq_len=4"):
+        model(torch.randn(1, 8, 3, 128, 64))
+    with pytest.raises(ValueError, match="128 x 64"):
+        model(torch.randn(1, 4, 3, 256, 128))
+    with pytest.raises(ValueError, match="even number of frames"):
+        model.layer1(torch.randn(1, 3, 1024, 8, 4))
+
+
+def test_tap_shapes():
+    model = build_model("tap", 9, seq_len=4, height=128, width=64, backbone="resnet18")
+    assert model.feature_dim == 512
+    x = torch.randn(2, 4, 3, 128, 64)
+    logits, feats = model.train()(x)
+    assert len(logits) == len(feats) == 1 and logits[0].shape == (2, 9) and feats[0].shape == (2, 512)
+    assert model.eval()(x).shape == (2, 512)
+    assert not model.bottleneck.bias.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batched_pairs_equal_per_pair_loop(dtype):
+    # float64 shows the mathematics is identical (1e-5 is loose there: diffs are ~1e-13);
+    # float32 shows it in the working precision, where the BNNeck over a 3-clip batch amplifies
+    # rounding differences of the (differently ordered) reductions to ~3e-5 on the features.
+    tol = 1e-5 if dtype == torch.float64 else 1e-4
+    torch.manual_seed(1)
+    kw = dict(seq_len=8, height=128, width=64, backbone="resnet18")
+    model = build_model("psta", 11, **kw)
+    _randomise_(model)
+    oracle = OraclePSTA(11, **kw)
+    oracle.load_state_dict(model.state_dict(), strict=True)
+    model.to(dtype)
+    oracle.to(dtype)
+    x = torch.randn(3, 8, 3, 128, 64, dtype=dtype)
+    labels = torch.tensor([0, 5, 10])
+
+    # train mode: per-(pair, direction) BN batch statistics, running-stat updates, gradients
+    outs = []
+    for net in (model.train(), oracle.train()):
+        net.zero_grad()
+        logits, feats = net(x)
+        loss = sum(F.cross_entropy(l, labels) for l in logits) + sum(f.square().mean() for f in feats)
+        loss.backward()
+        outs.append((logits, feats))
+    for a, b in zip(outs[0][0] + outs[0][1], outs[1][0] + outs[1][1]):
+        _assert_close(a, b, tol)
+    ref_state = oracle.state_dict()
+    for k, v in model.state_dict().items():  # running statistics and num_batches_tracked
+        if v.is_floating_point():
+            _assert_close(v, ref_state[k], tol)
+        else:
+            assert torch.equal(v, ref_state[k]), k
+    ref_params = dict(oracle.named_parameters())
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            _assert_close(p.grad, ref_params[name].grad, tol)
+
+    # eval mode
+    with torch.no_grad():
+        _assert_close(model.eval()(x), oracle.eval()(x), tol)
+
+
+def test_released_layout_loads_and_matches_oracle(tmp_path, psta50):
+    keys = [k for k, _ in _tsv_layout()]
+    sd = psta50.state_dict()
+    assert list(sd.keys()) == keys
+    assert all(tuple(sd[k].shape) == shape for k, shape in _tsv_layout())
+
+    state = _random_released_state()
+    wrapped, bare = tmp_path / "released_wrapped.pth", tmp_path / "released_bare.pth"
+    torch.save({"state_dict": state, "epoch": 500}, wrapped)
+    torch.save(state, bare)
+    model = load_released_psta(wrapped)
+    assert model.num_classes == 625 and model.seq_len == 8 and not model.training
+    for k, v in load_released_psta(bare).state_dict().items():
+        torch.testing.assert_close(v, state["module." + k], rtol=0, atol=0)
+
+    oracle = OraclePSTA(625).eval()
+    oracle.load_state_dict({k[len("module."):]: v for k, v in state.items()}, strict=True)
+    x = torch.randn(1, 8, 3, 256, 128)
+    with torch.no_grad():
+        ours, ref = model(x), oracle(x)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+    truncated = {k: v for k, v in state.items()
+                 if k not in ("module.layer2.TRAG.te_para.1.weight", "module.classifier.2.bias")}
+    truncated["module.extra.weight"] = torch.zeros(3)
+    truncated["module.layer1.SRAG.gg_spatial.0.weight"] = torch.zeros(128, 64, 1, 1)
+    bad = tmp_path / "truncated.pth"
+    torch.save(truncated, bad)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_released_psta(bad)
+    msg = str(err.value)
+    for needle in ("missing keys (2)", "layer2.TRAG.te_para.1.weight", "classifier.2.bias",
+                   "unexpected keys (1)", "extra.weight", "shape mismatches (1)",
+                   "layer1.SRAG.gg_spatial.0.weight: checkpoint (128, 64, 1, 1) vs model (128, 256, 1, 1)"):
+        assert needle in msg, msg
+
+
+def test_parameter_count(psta50):
+    assert sum(p.numel() for p in psta50.parameters()) == 35_425_311
+
+
+def test_every_trainable_parameter_gets_a_gradient():
+    torch.manual_seed(2)
+    model = build_model("psta", 6, seq_len=8, height=128, width=64, backbone="resnet18").train()
+    x = torch.randn(4, 8, 3, 128, 64)
+    labels = torch.tensor([0, 0, 3, 3])
+    logits, feats = model(x)
+    loss = sum(F.cross_entropy(l, labels, label_smoothing=0.1) for l in logits)
+    for f in feats:  # a simple metric term: pull same-identity features together
+        d = torch.cdist(f, f)
+        loss = loss + d[0, 1] + d[2, 3] - 0.1 * d[0, 2]
+    loss.backward()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {f"bottleneck.{i}.bias" for i in range(3)}
+    no_grad = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0)]
+    assert no_grad == []
+
+
+def test_initialisation(psta50):
+    m = psta50
+    for bn in m.bottleneck:
+        assert not bn.bias.requires_grad and torch.all(bn.bias == 0) and torch.all(bn.weight == 1)
+    for cls in m.classifier:
+        assert abs(cls.weight.std().item() - 0.001) < 1e-4 and torch.all(cls.bias == 0)
+    lin = m.layer1.TRAG.channel_para[0]  # Linear(256 -> 128), kaiming fan_out: std sqrt(2/128)
+    assert torch.all(lin.bias == 0) and abs(lin.weight.std().item() - math.sqrt(2 / 128)) < 0.01
+    conv = m.layer2.conv_block[3]  # 3x3 256 -> 256, kaiming fan_in: std sqrt(2/(256*9))
+    assert abs(conv.weight.std().item() - math.sqrt(2 / (256 * 9))) < 0.002
+    conv = m.base.layer1[0].conv1  # backbone, 'none': same Kaiming scheme (fan_in = 64)
+    assert abs(conv.weight.std().item() - math.sqrt(2 / 64)) < 0.01
+
+
+# --- pretrained backbones ---------------------------------------------------------------------
+def test_imagenet_missing_file_fails_early_with_exact_location(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    folder = tmp_path / "hub" / "checkpoints"
+    for backbone, filename in (("resnet50", "resnet50-0676ba61.pth"), ("resnet18", "resnet18-f37072fd.pth")):
+        with pytest.raises(PretrainedWeightsError) as err:
+            build_model("psta", 10, backbone=backbone, pretrained="imagenet")
+        assert f"'{filename}'" in str(err.value) and f"'{folder}'" in str(err.value)
+    assert not folder.exists()  # nothing was downloaded or created
+
+
+def test_imagenet_cache_and_path_are_loaded(tmp_path, monkeypatch):
+    torch.manual_seed(3)
+    ref = torchvision.models.resnet18(weights=None).state_dict()  # includes fc.*, ignored
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(ref, cache / "resnet18-f37072fd.pth")
+    model = build_model("tap", 4, backbone="resnet18", pretrained="imagenet")
+    for k, v in model.base.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=0, atol=0)
+
+    path = tmp_path / "my_backbone.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in ref.items()}}, path)
+    model = build_model("psta", 4, seq_len=2, height=128, width=64, backbone="resnet18", pretrained=path)
+    for k, v in model.base.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=0, atol=0)
+
+    with pytest.raises(PretrainedWeightsError, match="not found: '.*nope.pth'"):
+        build_model("psta", 4, backbone="resnet18", pretrained=tmp_path / "nope.pth")
+    with pytest.raises(CheckpointMismatchError, match="missing keys"):  # resnet18 file for resnet34
+        build_model("tap", 4, backbone="resnet34", pretrained=path)
+
+
+# --- our checkpoints ---------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["psta", "tap"])
+def test_checkpoint_roundtrip_weights_only(tmp_path, arch):
+    model = build_model(arch, 3, seq_len=2, height=64, width=32, backbone="resnet18")
+    _randomise_(model)
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(path, model, epoch=7, metrics={"rank1": 0.5})
+    raw = torch.load(path, weights_only=True)
+    assert raw["epoch"] == 7 and raw["config"]["arch"] == arch
+    loaded, ckpt = load_checkpoint(path)
+    assert ckpt["metrics"] == {"rank1": 0.5} and not loaded.training
+    x = torch.randn(2, 2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+
+
+# --- precision / memory format -----------------------------------------------------------------
+def test_resolve_precision():
+    assert resolve_precision("fp32", "cpu") is None
+    assert resolve_precision("bf16", "cpu") is torch.bfloat16
+    assert resolve_precision("auto", "cpu") is (torch.bfloat16 if cpu_supports_bf16() else None)
+    with pytest.raises(ValueError, match="only supported on CUDA"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("int8", "cpu")
+    if not torch.cuda.is_available():
+        return
+    assert resolve_precision("fp16", "cuda") is torch.float16
+    assert resolve_precision("auto", "cuda") is (torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
+
+
+def test_channels_last_and_bf16_autocast():
+    torch.manual_seed(4)
+    model = build_model("psta", 5, seq_len=4, height=128, width=64, backbone="resnet18")
+    x = torch.randn(2, 4, 3, 128, 64)
+    with torch.no_grad():
+        for _ in range(3):  # give the BN running statistics data-like values
+            model.train()(x)
+        ref = model.eval()(x)
+        to_channels_last(model)
+        assert model.base.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        scale = ref.abs().max().item()  # untrained: large activations, compare relative to them
+        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-5 * scale)
+        frames_cl = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
+        torch.testing.assert_close(model(frames_cl), ref, rtol=1e-4, atol=1e-5 * scale)
+        with autocast_context("cpu", torch.bfloat16):
+            low = model(x)
+    assert low.dtype in (torch.bfloat16, torch.float32)
+    assert F.cosine_similarity(low.float(), ref).min() > 0.99
+    with autocast_context("cpu", None):  # fp32: a no-op context
+        logits, _ = model.train()(x)
+    assert logits[0].dtype == torch.float32

@@ -1,0 +1,81 @@
+"""The stage pattern end to end: `python -m pipeline <stage>` as dvc.yaml calls it."""
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow  # each test runs real stage processes against a Prefect server
+
+from psta.index import read_index
+from tests.conftest import TINY_PARAMS
+
+
+def stage_runs(ws):
+    client = mlflow.MlflowClient(ws.env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("psta")
+    runs = client.search_runs([experiment.experiment_id])
+    return {run.data.tags["stage"]: run for run in runs}
+
+
+def test_ingest_then_index_write_the_index_and_log_to_mlflow(workspace):
+    workspace.run("ingest")
+    workspace.run("index")
+    ingest_stats = json.loads((workspace.path / "data/ingest/stats.json").read_text())
+    planted = ingest_stats["planted"]["splits"]
+    index = read_index(workspace.path / "data/index")
+    for split in ("train", "query", "gallery"):
+        rows = index.tracklets[index.tracklets.split == split]
+        assert len(rows) == planted[split]["tracklets"]
+    manifest = pd.read_parquet(workspace.path / "data/ingest/manifest.parquet")
+    assert len(manifest) == ingest_stats["frames"] and manifest["ok"].all()
+
+    runs = stage_runs(workspace)
+    assert runs["ingest"].info.status == "FINISHED"
+    assert runs["ingest"].data.params["synthetic.num_train_ids"] == "8"
+    assert runs["index"].data.metrics["num_classes"] == 8
+    assert len(runs["index"].data.tags["git_commit"]) in (40, len("unknown"))
+
+
+def test_bad_params_fail_before_any_work(workspace):
+    workspace.write_params({"data": {"on_bad_frame": "ignore"}})
+    proc = workspace.run("ingest", check=False)
+    assert proc.returncode == 2
+    assert "data.on_bad_frame: expected 'error' | 'skip', got str 'ignore'" in proc.stderr
+    assert not (workspace.path / "data").exists()
+
+
+def test_missing_dataset_root_is_one_clear_error_and_leaves_no_output(workspace):
+    missing = workspace.path / "nowhere" / "MARS"
+    workspace.write_params({"data": {"source": "mars", "root": str(missing)}})
+    proc = workspace.run("ingest", check=False)
+    assert proc.returncode == 2
+    assert str(missing) in proc.stderr.splitlines()[-1]
+    assert not (workspace.path / "data" / "ingest").exists()
+    runs = stage_runs(workspace)
+    assert runs["ingest"].info.status == "FAILED"
+
+
+def test_users_mars_copy_with_a_bad_frame_error_then_skip(workspace):
+    from psta.data.synthetic import SyntheticConfig, generate_mars
+
+    root = workspace.path / "user" / "MARS"
+    generate_mars(root, SyntheticConfig(**TINY_PARAMS["synthetic"]))
+    bad = sorted((root / "bbox_train").rglob("*.jpg"))[3]
+    bad.write_bytes(b"")
+    workspace.write_params({"data": {"source": "mars", "root": str(root)}})
+    proc = workspace.run("ingest", check=False)
+    assert proc.returncode == 2
+    message = proc.stderr.splitlines()[-1]
+    assert bad.name in message and "on_bad_frame: skip" in message
+    assert not (workspace.path / "data" / "ingest").exists()
+
+    workspace.write_params({"data": {"source": "mars", "root": str(root), "on_bad_frame": "skip"}})
+    workspace.run("ingest")
+    workspace.run("index")
+    stats = json.loads((workspace.path / "data/index/stats.json").read_text())
+    assert stats["skipped_bad_frames"] == 1
+    index = read_index(workspace.path / "data/index")
+    assert not index.frames.path.str.endswith(bad.name).any()
+    source = json.loads((workspace.path / "data/raw/SOURCE.json").read_text())
+    assert source["root"] == str(root)
