@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/dvc repro
+	$(PY) -m pipeline repro
 
 test: install
 	$(PY) -m pytest

@@ -5,10 +5,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow  # each test runs real stage processes against a Prefect server
-
 from psta.index import read_index
 from tests.conftest import TINY_PARAMS
+
+pytestmark = pytest.mark.slow  # each test runs real stage processes against a Prefect server
 
 
 def stage_runs(ws):
