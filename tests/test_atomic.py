@@ -35,3 +35,16 @@ def test_failed_first_write_leaves_nothing(tmp_path):
             raise OSError("disk full")
     assert not (tmp_path / "new").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    write_text_atomic(tmp_path / "f", "x")
+    with atomic_dir(tmp_path / "d"):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~mask
