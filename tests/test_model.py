@@ -18,8 +18,10 @@ from psta.model import (
     build_model,
     cpu_supports_bf16,
     feature_map_size,
+    fold_batchnorm,
     load_checkpoint,
     load_released_psta,
+    prepare_for_inference,
     resolve_precision,
     save_checkpoint,
     to_channels_last,
@@ -461,3 +463,24 @@ def test_channels_last_and_bf16_autocast():
     with autocast_context("cpu", None):  # fp32: a no-op context
         logits, _ = model.train()(x)
     assert logits[0].dtype == torch.float32
+
+
+def test_fold_batchnorm_for_inference():
+    torch.manual_seed(5)
+    model = build_model("psta", 5, seq_len=4, height=128, width=64, backbone="resnet18")
+    _randomise_(model)
+    x = torch.randn(2, 4, 3, 128, 64)
+    with torch.no_grad():
+        ref = model.eval()(x)
+        folded = fold_batchnorm(model)
+        n_bn2d = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        assert folded.folded_batchnorms == n_bn2d  # every BatchNorm2d follows a conv
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(folded(x), ref, rtol=1e-4, atol=1e-5 * scale)
+        fast = prepare_for_inference(model, dtype=torch.bfloat16)
+        assert fast.base.conv1.weight.dtype == torch.bfloat16
+        with autocast_context("cpu", torch.bfloat16):
+            low = fast(x)
+    assert F.cosine_similarity(low.double(), ref.double()).min() > 0.99
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # original untouched

@@ -1,0 +1,332 @@
+"""PSTA model speed on the CPU: batched pair processing, channels_last and bf16 autocast against a
+plain fp32 per-pair loop implementation, all in one process on the same weights and inputs.
+
+    .venv/bin/python -m benchmarks.bench_model [--clips 4] [--rounds 3] [--inference-rounds 5]
+
+Training step = forward + backward (sum of cross-entropy over the pyramid levels + a feature
+term) on ``clips`` x 8 frames x 256 x 128 with resnet50, 625 classes. Configurations:
+
+  (a) loop     fp32, contiguous (NCHW), STAM frame pairs processed one by one in Python
+               (the reference implementation's structure, written here as ``loop_psta_forward``)
+  (b) batched  fp32, channels_last, all pairs of a level in one batched pass (psta.model)
+  (c) batched  bf16 autocast, channels_last
+  (d) inference only: (c) on ``prepare_for_inference(model, bf16)`` (BatchNorms folded into the
+      convolutions, bf16 parameters)
+
+Configurations are interleaved round by round (the machine is shared) and medians reported.
+Writes benchmarks/results/model.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from psta.atomic import write_text_atomic
+from psta.model import (
+    autocast_context,
+    build_model,
+    cpu_supports_bf16,
+    prepare_for_inference,
+    to_channels_last,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "model.json"
+
+
+# --- the plain per-pair loop version (reference structure), on the same modules / weights -------
+def loop_tra(tra, fmap, flat, vect, embed):
+    b, t, c, h, w = fmap.shape
+    gamma = tra.gamma_temporal(flat).view(b, t, -1, h * w)
+    beta = tra.beta_temporal(flat).view(b, t, -1, h * w)
+    theta = tra.theta_channel(vect.permute(0, 2, 1))
+    out = []
+    for i in range(0, t, 2):
+        j = i + 1
+        a_i = tra.channel_para(torch.cat((theta[:, :, i], theta[:, :, j]), 1)).view(b, -1, 1, 1)
+        a_j = tra.channel_para(torch.cat((theta[:, :, j], theta[:, :, i]), 1)).view(b, -1, 1, 1)
+        r_ij = torch.matmul(gamma[:, i].permute(0, 2, 1), beta[:, j])
+        r_ji = torch.matmul(gamma[:, j].permute(0, 2, 1), beta[:, i])
+        in_ij, out_ij = r_ij.permute(0, 2, 1).reshape(b, h * w, h, w), r_ij.reshape(b, h * w, h, w)
+        in_ji, out_ji = r_ji.permute(0, 2, 1).reshape(b, h * w, h, w), r_ji.reshape(b, h * w, h, w)
+        g0 = tra.gg_temporal(torch.cat((in_ij, out_ji), 1))
+        alpha = tra.te_para(torch.cat((tra.tte_para(torch.cat((embed[:, i], embed[:, j]), 1)), g0), 1))
+        g1 = tra.gg_temporal(torch.cat((in_ji, out_ij), 1))
+        beta_ = tra.te_para(torch.cat((tra.tte_para(torch.cat((embed[:, j], embed[:, i]), 1)), g1), 1))
+        out.append(torch.relu((a_i * alpha) * fmap[:, i] + (a_j * beta_) * fmap[:, j]) ** 2)
+    return torch.stack(out, 1)
+
+
+def loop_sra(sra, fmap, flat, vect, embed, aggregated):
+    b, t, c, h, w = fmap.shape
+    phi = sra.alphi_appearance(flat).view(b * t, -1, h * w)
+    delta = sra.delta_appearance(flat).view(b * t, -1, h * w)
+    r = torch.matmul(phi.permute(0, 2, 1), delta)
+    joint = torch.cat((r.permute(0, 2, 1).reshape(b * t, h * w, h, w), r.reshape(b * t, h * w, h, w)), 1)
+    s = sra.spa_para(torch.cat((embed.reshape(b * t, -1, h, w), sra.gg_spatial(joint)), 1)).view(b, t, 1, h, w)
+    out = []
+    for i in range(0, t, 2):
+        c_i = sra.app_channel(vect[:, i]).view(b, -1, 1, 1)
+        c_j = sra.app_channel(vect[:, i + 1]).view(b, -1, 1, 1)
+        out.append(aggregated[:, i // 2] + torch.relu((c_i * s[:, i]) * fmap[:, i] + (c_j * s[:, i + 1]) * fmap[:, i + 1]))
+    return torch.stack(out, 1)
+
+
+def loop_stam(stam, fmap):
+    b, t, c, h, w = fmap.shape
+    flat = fmap.reshape(b * t, c, h, w)
+    vect = F.adaptive_avg_pool2d(flat, 1).view(b, t, c)
+    embed = stam.Embeding(flat).view(b, t, -1, h, w)
+    agg = loop_tra(stam.TRAG, fmap, flat, vect, embed)
+    agg = loop_sra(stam.SRAG, fmap, flat, vect, embed, agg)
+    return stam.conv_block(agg.reshape(b * (t // 2), c, h, w)).view(b, t // 2, c, h, w)
+
+
+def loop_psta_forward(model, x):
+    """PSTA forward with per-pair Python loops (same outputs as ``model(x)``)."""
+    b, t = x.shape[:2]
+    fmap = model.down_channel(model.base(x.reshape(b * t, *x.shape[2:])))
+    fmap = fmap.view(b, t, *fmap.shape[1:])
+    gs, feats = [], []
+    for stam in model.levels:
+        fmap = loop_stam(stam, fmap)
+        gs.append(F.adaptive_avg_pool2d(fmap.mean(1), 1).view(b, -1))
+        feats.append(torch.stack(gs, 1).mean(1))
+    bn = [model.bottleneck[k](f) for k, f in enumerate(feats)]
+    if not model.training:
+        return bn[-1]
+    return [model.classifier[k](f) for k, f in enumerate(bn)], bn
+
+
+# --- measurement ---------------------------------------------------------------------------------
+def _loss(logits, feats, labels):
+    ce = sum(F.cross_entropy(l.float(), labels, label_smoothing=0.1) for l in logits)
+    return ce + sum(f.float().square().mean() for f in feats)
+
+
+def capture_pre_bnneck(model) -> list:
+    """Record the inputs of the BNNecks (the pre-BN level features f_k) at every forward."""
+    store: list = []
+
+    def hook(module, args):
+        if len(store) == len(model.bottleneck):
+            store.clear()
+        store.append(args[0].detach().float())
+
+    for bn in model.bottleneck:
+        bn.register_forward_pre_hook(hook)
+    return store
+
+
+def make_train_step(forward, model, x, labels, dtype, pre_bn: list):
+    def step():
+        model.zero_grad(set_to_none=True)
+        with autocast_context("cpu", dtype):
+            logits, feats = forward(x)
+            loss = _loss(logits, feats, labels)
+        loss.backward()
+        return [l.detach().float() for l in logits], list(pre_bn), [f.detach().float() for f in feats]
+    return step
+
+
+def make_infer_step(forward, x, dtype):
+    def step():
+        with torch.inference_mode(), autocast_context("cpu", dtype):
+            return forward(x).float()
+    return step
+
+
+def interleaved(steps: dict, warmup: int, rounds: int, label: str) -> tuple[dict, dict, dict]:
+    """Run every step ``warmup`` times, then ``rounds`` rounds of one call each (interleaved).
+
+    Returns per step the wall-clock seconds, the process CPU seconds (both threads) and the
+    last output."""
+    outputs, wall, cpu = {}, {k: [] for k in steps}, {k: [] for k in steps}
+    for _ in range(warmup):
+        for name, fn in steps.items():
+            outputs[name] = fn()
+    for r in range(rounds):
+        for name, fn in steps.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            outputs[name] = fn()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"  {label} round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in wall.items())
+              + f" (load {load:.1f})", flush=True)
+    return wall, cpu, outputs
+
+
+@torch.no_grad()
+def calibrate_bn(model, x) -> None:
+    """Give the feature-map BatchNorms data-like running statistics: those of one train-mode
+    forward on ``x`` (with the initial 0 / 1 statistics, PSTA's squared TRA maps reach ~1e30 by
+    level 3 in eval mode). The BNNecks (BatchNorm1d) keep unit statistics: over a few
+    random-weight clips the features barely vary (variance ~1e-6), so calibrated BNNecks would
+    multiply every rounding difference by ~300 and the comparisons would measure only that."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: exactly this batch's statistics
+    model.train()
+    model(x)
+    for bn, momentum in zip(bns, saved):
+        bn.momentum = momentum
+    for bn in model.bottleneck:
+        bn.reset_running_stats()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return F.cosine_similarity(a.double(), b.double()).min().item()
+
+
+def rel_max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clips", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=8)
+    ap.add_argument("--height", type=int, default=256)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--inference-rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    started = time.perf_counter()
+
+    torch.manual_seed(0)
+    ref = build_model("psta", 625, seq_len=args.seq_len, height=args.height, width=args.width,
+                      backbone=args.backbone)
+    fast = to_channels_last(copy.deepcopy(ref))
+    # clips with clearly different statistics, so that the BNNecks' batch statistics in train
+    # mode are well conditioned and the output comparisons meaningful
+    scale = torch.linspace(0.5, 1.5, args.clips).view(-1, 1, 1, 1, 1)
+    shift = torch.linspace(-0.5, 0.5, args.clips).view(-1, 1, 1, 1, 1)
+    x = torch.randn(args.clips, args.seq_len, 3, args.height, args.width) * scale + shift
+    labels = torch.randint(0, 625, (args.clips,))
+    bf16 = torch.bfloat16
+    print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"native bf16: {cpu_supports_bf16()}", flush=True)
+    print(f"input {args.clips} clips x {args.seq_len} x 3 x {args.height} x {args.width}, {args.backbone}", flush=True)
+
+    # training step: forward + backward
+    ref.train(), fast.train()
+    pre_ref, pre_fast = capture_pre_bnneck(ref), capture_pre_bnneck(fast)
+    train_steps = {
+        "a_loop_fp32": make_train_step(lambda v: loop_psta_forward(ref, v), ref, x, labels, None, pre_ref),
+        "b_batched_fp32_cl": make_train_step(fast, fast, x, labels, None, pre_fast),
+        "c_batched_bf16_cl": make_train_step(fast, fast, x, labels, bf16, pre_fast),
+    }
+    t_train, c_train, out_train = interleaved(train_steps, args.warmup, args.rounds, "train")
+    (la, ga, fa), (lb, gb, fb), (lc, gc, fc) = (out_train[k] for k in train_steps)
+
+    # inference: same weights and (calibrated) BN statistics in both models
+    calibrate_bn(ref, x)
+    fast.load_state_dict(ref.state_dict())
+    ref.eval(), fast.eval()
+    folded = prepare_for_inference(ref, dtype=bf16)
+    infer_steps = {
+        "a_loop_fp32": make_infer_step(lambda v: loop_psta_forward(ref, v), x, None),
+        "b_batched_fp32_cl": make_infer_step(fast, x, None),
+        "c_batched_bf16_cl": make_infer_step(fast, x, bf16),
+        "d_folded_bf16_cl": make_infer_step(folded, x, bf16),
+    }
+    t_inf, c_inf, out_inf = interleaved(infer_steps, args.warmup, args.inference_rounds, "inference")
+    ea, eb, ec, ed = (out_inf[k] for k in infer_steps)
+
+    med = lambda v: statistics.median(v)  # noqa: E731
+    base_train, base_inf = med(t_train["a_loop_fp32"]), med(t_inf["a_loop_fp32"])
+    result = {
+        "benchmark": "model",
+        "machine": {"processor": platform.processor() or platform.machine(),
+                    "threads": torch.get_num_threads(),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "native_bf16": cpu_supports_bf16(), "torch": torch.__version__},
+        "input": {"clips": args.clips, "seq_len": args.seq_len, "height": args.height,
+                  "width": args.width, "backbone": args.backbone, "num_classes": 625},
+        "method": f"median of {args.rounds} (train) / {args.inference_rounds} (inference) interleaved "
+                  f"rounds after {args.warmup} warm-up call(s) per configuration",
+        "train_step_seconds": {k: med(v) for k, v in t_train.items()},
+        "inference_seconds": {k: med(v) for k, v in t_inf.items()},
+        "speedup_train_vs_loop_fp32": {k: base_train / med(v) for k, v in t_train.items()},
+        "speedup_inference_vs_loop_fp32": {k: base_inf / med(v) for k, v in t_inf.items()},
+        # the machine is shared: best-of (least disturbed) times and CPU times for reference
+        "speedup_train_vs_loop_fp32_best": {k: min(t_train["a_loop_fp32"]) / min(v) for k, v in t_train.items()},
+        "speedup_inference_vs_loop_fp32_best": {k: min(t_inf["a_loop_fp32"]) / min(v) for k, v in t_inf.items()},
+        "speedup_train_vs_loop_fp32_cpu_time": {k: med(c_train["a_loop_fp32"]) / med(v) for k, v in c_train.items()},
+        "speedup_inference_vs_loop_fp32_cpu_time": {k: med(c_inf["a_loop_fp32"]) / med(v) for k, v in c_inf.items()},
+        "train_step_seconds_all": t_train,
+        "train_step_cpu_seconds_all": c_train,
+        "inference_seconds_all": t_inf,
+        "inference_cpu_seconds_all": c_inf,
+        "equality": {
+            # pre-BNNeck level features f_k and logits; the post-BN features are also given, but
+            # in train mode the BNNeck normalises over only `clips` samples whose features share
+            # a large common component, which amplifies fp32 rounding differences
+            "train_b_vs_a_max_rel_diff_features": max(rel_max_diff(p, q) for p, q in zip(gb, ga)),
+            "train_b_vs_a_max_rel_diff_logits": max(rel_max_diff(p, q) for p, q in zip(lb, la)),
+            "train_b_vs_a_max_rel_diff_post_bn_features": max(rel_max_diff(p, q) for p, q in zip(fb, fa)),
+            "train_c_vs_a_min_cosine_features": min(cosine(p, q) for p, q in zip(gc, ga)),
+            "train_c_vs_a_min_cosine_post_bn_features": min(cosine(p, q) for p, q in zip(fc, fa)),
+            "inference_b_vs_a_max_rel_diff": rel_max_diff(eb, ea),
+            "inference_c_vs_a_min_cosine": cosine(ec, ea),
+            "inference_d_vs_a_min_cosine": cosine(ed, ea),
+        },
+        "targets": {},
+        "total_seconds": None,
+    }
+    sp_t, sp_i = result["speedup_train_vs_loop_fp32"], result["speedup_inference_vs_loop_fp32"]
+    eq = result["equality"]
+    result["targets"] = {
+        "train_c_ge_2x_a": sp_t["c_batched_bf16_cl"] >= 2.0,
+        "train_b_ge_1.2x_a_equal_outputs": sp_t["b_batched_fp32_cl"] >= 1.2
+        and eq["train_b_vs_a_max_rel_diff_features"] < 1e-3 and eq["inference_b_vs_a_max_rel_diff"] < 1e-3,
+        "inference_c_ge_2.5x_a_cosine_0.99": sp_i["c_batched_bf16_cl"] >= 2.5 and eq["inference_c_vs_a_min_cosine"] >= 0.99,
+    }
+    result["total_seconds"] = time.perf_counter() - started
+    write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
+    print_table(result)
+    print(f"wrote {args.out}")
+    return result
+
+
+def print_table(r: dict) -> None:
+    print(f"\nmedian wall-clock seconds; 'x loop' = speed-up over (a) (best-of-rounds speed-up in brackets)")
+    print(f"{'configuration':<20}{'train s':>9}{'x loop':>8}{'(best)':>8}{'infer s':>9}{'x loop':>8}{'(best)':>8}")
+    for k in r["inference_seconds"]:
+        if k in r["train_step_seconds"]:
+            train = (f"{r['train_step_seconds'][k]:>9.2f}{r['speedup_train_vs_loop_fp32'][k]:>8.2f}"
+                     f"{r['speedup_train_vs_loop_fp32_best'][k]:>8.2f}")
+        else:
+            train = f"{'-':>9}{'-':>8}{'-':>8}"
+        print(f"{k:<20}{train}{r['inference_seconds'][k]:>9.2f}{r['speedup_inference_vs_loop_fp32'][k]:>8.2f}"
+              f"{r['speedup_inference_vs_loop_fp32_best'][k]:>8.2f}")
+    eq = r["equality"]
+    print(f"(b) vs (a): train max rel diff: features {eq['train_b_vs_a_max_rel_diff_features']:.1e}, "
+          f"logits {eq['train_b_vs_a_max_rel_diff_logits']:.1e}, post-BN features "
+          f"{eq['train_b_vs_a_max_rel_diff_post_bn_features']:.1e}; "
+          f"inference embeddings {eq['inference_b_vs_a_max_rel_diff']:.1e}")
+    print(f"(c) vs (a): train feature cosine >= {eq['train_c_vs_a_min_cosine_features']:.4f} "
+          f"(post-BN {eq['train_c_vs_a_min_cosine_post_bn_features']:.4f}), "
+          f"inference embedding cosine >= {eq['inference_c_vs_a_min_cosine']:.4f}; "
+          f"(d) vs (a): {eq['inference_d_vs_a_min_cosine']:.4f}")
+    print("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in r["targets"].items()))
+    print(f"total {r['total_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
