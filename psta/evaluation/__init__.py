@@ -1,0 +1,23 @@
+"""Evaluation for video re-identification: distances, CMC/mAP/mINP, the MARS and Duke
+protocols and k-reciprocal re-ranking.
+
+Public API::
+
+    pairwise_distance(q, g, metric="cosine"|"euclidean", chunk_size=1024, squared=True)
+    rank_metrics(dist, q_pids, q_camids, g_pids, g_camids, max_rank=50, chunk_size=256, topk=0)
+    rank_metrics_from_features(q_feats, g_feats, q_pids, q_camids, g_pids, g_camids,
+                               metric="cosine", max_rank=50, chunk_size=1024, topk=0)
+    re_rank(q, g, k1=20, k2=6, lambda_value=0.3, metric="euclidean", chunk_size=512)
+    protocol_split(name, tracklets) -> ProtocolSplit
+    evaluate_protocol(name, features, tracklets, metric="cosine", rerank=None, max_rank=50,
+                      topk=10, chunk_size=256)
+"""
+from .distance import METRICS, pairwise_distance
+from .metrics import cmc_at, rank_metrics, rank_metrics_from_features
+from .protocols import PROTOCOLS, ProtocolSplit, evaluate_protocol, protocol_split, summary
+from .rerank import re_rank
+
+__all__ = [
+    "METRICS", "PROTOCOLS", "ProtocolSplit", "cmc_at", "evaluate_protocol", "pairwise_distance",
+    "protocol_split", "rank_metrics", "rank_metrics_from_features", "re_rank", "summary",
+]
