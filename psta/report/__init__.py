@@ -1,0 +1,17 @@
+"""The run report: a self-contained HTML page and a Markdown twin (docs/CONTRACTS.md inputs).
+
+    from psta.report import build_report
+    build_report("data/eval", "data/index", "data/cache", "reports/train_history.csv",
+                 "reports/metrics.json", "reports/report.html", "reports/report.md")
+
+Sections: run summary, results beside the paper's table (trained and untrained), CMC curve,
+per-camera table, training curves, dataset statistics and ranked-list pictures of the best and
+worst queries. Figures are PNGs made with matplotlib (Agg canvas) and numpy/Pillow.
+"""
+from .figures import MATCH_COLOR, MISS_COLOR, QUERY_COLOR, ranked_strip, strip_layout
+from .render import HEADLINE_PROTOCOL, PAPER_RESULTS, ReportInputError, build_report, load_results
+
+__all__ = [
+    "HEADLINE_PROTOCOL", "MATCH_COLOR", "MISS_COLOR", "PAPER_RESULTS", "QUERY_COLOR",
+    "ReportInputError", "build_report", "load_results", "ranked_strip", "strip_layout",
+]

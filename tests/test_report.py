@@ -1,0 +1,417 @@
+"""The run report (psta.report): real inputs from a tiny synthetic MARS, real evaluation outputs,
+a self-contained HTML file checked by parsing and (slow) by headless Chromium."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from psta.data.cache import FrameCache, build_frame_cache
+from psta.data.synthetic import SyntheticConfig, generate_mars
+from psta.evaluation import evaluate_protocol
+from psta.evaluation.outputs import write_eval_outputs, write_metrics
+from psta.index import index_from_manifest, ingest
+from psta.report import (MATCH_COLOR, MISS_COLOR, PAPER_RESULTS, QUERY_COLOR, ReportInputError,
+                         build_report, strip_layout)
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOCOLS = ("mars_official", "mars_torchreid")
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+TILE_HEIGHT = 128
+
+
+# --------------------------------------------------------------------------- fixtures
+
+def pid_features(tracklets: pd.DataFrame, noise: float, seed: int, dim: int = 16) -> np.ndarray:
+    """One random direction per identity plus noise: most queries match, some do not."""
+    rng = np.random.default_rng(seed)
+    pids = tracklets["pid"].to_numpy()
+    centre = {p: rng.normal(size=dim) for p in np.unique(pids)}
+    base = np.stack([centre[p] if p > 0 else rng.normal(size=dim) for p in pids])
+    return (base + noise * rng.normal(size=base.shape)).astype(np.float32)
+
+
+def write_history(path: Path, epochs: int = 12) -> pd.DataFrame:
+    e = np.arange(epochs)
+    h = pd.DataFrame({
+        "epoch": e, "lr": 3.5e-4 * np.minimum(1.0, 0.01 + e / 5) * np.where(e >= 9, 0.3, 1.0),
+        "loss_ce": 5 * np.exp(-e / 4) + 1, "loss_triplet": 0.4 * np.exp(-e / 3) + 0.05,
+        "clips_per_s": 40.0 + e,
+    })
+    h["loss_total"] = h["loss_ce"] + h["loss_triplet"]
+    h["val_rank1"] = np.where(e % 4 == 3, 0.9 - 0.6 * np.exp(-e / 4), np.nan)
+    h["val_mAP"] = np.where(e % 4 == 3, 0.8 - 0.6 * np.exp(-e / 4), np.nan)
+    h.to_csv(path, index=False)
+    return h
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    """Synthetic MARS -> index -> raw frame cache -> evaluation outputs -> history / metrics."""
+    tmp = tmp_path_factory.mktemp("report_inputs")
+    root = tmp / "raw"
+    generate_mars(root, SyntheticConfig(num_train_ids=4, num_test_ids=6, min_len=4, max_len=10,
+                                        height=64, width=32, num_distractor_tracklets=2,
+                                        num_junk_tracklets=1))
+    ingest("mars", root, tmp / "manifest.parquet")
+    index = index_from_manifest(tmp / "manifest.parquet", tmp / "index")
+    build_frame_cache(index.frames, root, tmp / "cache", 64, 32, format="raw", progress=False)
+
+    test = index.tracklets[index.tracklets["split"] != "train"].reset_index(drop=True)
+    feats = pid_features(test, noise=1.0, seed=0)
+    untrained_feats = np.random.default_rng(1).normal(size=feats.shape).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gallery smaller than max_rank at this scale
+        results = {n: evaluate_protocol(n, feats, test, topk=10, max_rank=10) for n in PROTOCOLS}
+        untrained = {n: evaluate_protocol(n, untrained_feats, test, topk=10, max_rank=10) for n in PROTOCOLS}
+    reports = tmp / "reports"
+    summary = write_eval_outputs(tmp / "eval", test, feats, results, untrained, dataset="mars",
+                                 sampling="begin", metric="cosine", rerank=False)
+    write_metrics(summary, reports / "metrics.json", reports / "cmc.csv")
+    write_history(reports / "train_history.csv")
+    return {"tmp": tmp, "root": root, "index": tmp / "index", "cache": tmp / "cache",
+            "eval": tmp / "eval", "reports": reports, "results": results, "untrained": untrained,
+            "test": test, "summary": summary}
+
+
+@pytest.fixture(scope="module")
+def report(inputs) -> dict:
+    r = inputs["reports"]
+    out = build_report(inputs["eval"], inputs["index"], inputs["cache"], r / "train_history.csv",
+                       r / "metrics.json", r / "report.html", r / "report.md", num_examples=3)
+    html_text = Path(out["html"]).read_text(encoding="utf-8")
+    md_text = Path(out["md"]).read_text(encoding="utf-8")
+    return {**out, "html_text": html_text, "md_text": md_text, "parsed": parse_html(html_text)}
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "table":
+            self._table = a.get("id", f"table{len(self.tables)}")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th") and self._table:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self._table:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse_html(text: str) -> _Collector:
+    c = _Collector()
+    c.feed(text)
+    return c
+
+
+def decode_data_uri(src: str) -> np.ndarray:
+    assert src.startswith("data:image/png;base64,"), src[:40]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+# --------------------------------------------------------------------------- HTML content
+
+def test_report_files_and_summary(report):
+    assert Path(report["html"]).is_file() and Path(report["md"]).is_file()
+    # CMC + training curves + 3 best + 3 worst ranked lists
+    assert report["num_figures"] == 8
+    assert report["figures"][:2] == ["cmc.png", "training.png"]
+    assert len(report["examples"]["best"]) == 3 and len(report["examples"]["worst"]) == 3
+    assert not set(report["examples"]["best"]) & set(report["examples"]["worst"])
+    assert report["missing"] == {}
+    assert report["html_bytes"] == Path(report["html"]).stat().st_size
+    assert report["protocol_shown"] == "mars_official"
+    # no temporary files left behind by the atomic writes
+    assert not [p for p in Path(report["html"]).parent.iterdir() if p.name.startswith(".")]
+
+
+def test_html_is_self_contained(report):
+    text, parsed = report["html_text"], report["parsed"]
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
+    assert "@import" not in text and "url(" not in text
+    assert not [a for t, a in parsed.tags if t in ("script", "link", "iframe", "object", "embed")]
+    imgs = [a for t, a in parsed.tags if t == "img"]
+    assert len(imgs) == report["num_figures"]
+    for a in imgs:
+        assert a["src"].startswith("data:image/png;base64,")
+        assert decode_data_uri(a["src"]).shape[0] > 10
+    links = [a.get("href", "") for t, a in parsed.tags if t == "a"]
+    assert all(h.startswith("#") for h in links)
+    cmc = [a for a in imgs if a.get("id") == "cmc-plot"]
+    assert len(cmc) == 1 and cmc[0]["alt"] == "CMC curve"
+
+
+def test_html_has_paper_and_our_numbers(report, inputs):
+    text = report["html_text"]
+    table = report["parsed"].tables["results-table"]
+    header, rows = table[0], table[1:]
+    r1, mAP = header.index("Rank-1 (%)"), header.index("mAP (%)")
+    paper = [r for r in rows if r[0].startswith("PSTA paper")]
+    assert paper and paper[0][r1] == "91.5" and paper[0][mAP] == "85.8" and paper[0][2] == "mars_official"
+    for name in PROTOCOLS:
+        ours = [r for r in rows if r[0] == "Ours, trained" and r[2] == name]
+        assert ours[0][r1] == pct(inputs["results"][name]["rank1"])
+        assert ours[0][mAP] == pct(inputs["results"][name]["mAP"])
+        base = [r for r in rows if r[0].startswith("Ours, untrained") and r[2] == name]
+        assert base[0][r1] == pct(inputs["untrained"][name]["rank1"])
+        assert base[0][mAP] == pct(inputs["untrained"][name]["mAP"])
+    # the full paper table, both datasets
+    paper_table = report["parsed"].tables["paper-table"]
+    flat = [c for row in paper_table for c in row]
+    for v in ("91.5", "85.8", "98.3", "97.7"):
+        assert v in flat
+    assert "MARS" in text and "DukeMTMC-VideoReID" in text
+
+
+def test_per_camera_table(report, inputs):
+    table = report["parsed"].tables["camera-table"]
+    header, rows = table[0], table[1:]
+    per_cam = inputs["results"]["mars_official"]["per_camera"]
+    assert sorted(int(r[0]) for r in rows) == sorted(per_cam)
+    c_r1 = header.index("Rank-1 (%) mars_official")
+    c_map = header.index("mAP (%) mars_official")
+    for row in rows:
+        m = per_cam[int(row[0])]
+        assert row[1] == str(m["num_queries"])
+        assert row[c_r1] == (pct(m["rank1"]) if np.isfinite(m["rank1"]) else "–")
+        assert row[c_map] == (pct(m["mAP"]) if np.isfinite(m["mAP"]) else "–")
+
+
+def test_dataset_statistics(report, inputs):
+    stats = json.loads((inputs["index"] / "stats.json").read_text())
+    rows = {r[0]: r for r in report["parsed"].tables["dataset-table"][1:]}
+    for split in ("train", "query", "gallery"):
+        s = stats["splits"][split]
+        assert rows[split][1:] == [str(s["tracklets"]), str(s["identities"]), str(s["frames"])]
+    assert "Junk tracklets dropped" in report["html_text"]
+    assert "Distractor tracklets" in report["html_text"]
+
+
+def test_ranked_lists_framed_green_and_red(report, inputs):
+    ranked = pd.read_parquet(inputs["eval"] / "ranked.parquet")
+    ranked = ranked[ranked["protocol"] == "mars_official"]
+    imgs = [a for t, a in report["parsed"].tags if t == "img" and "data-query" in a]
+    assert len(imgs) == 6
+    ap = ranked.groupby("query_tracklet_id")["query_ap"].first()
+    best = [int(a["data-query"]) for a in imgs if a["data-kind"] == "best"]
+    worst = [int(a["data-query"]) for a in imgs if a["data-kind"] == "worst"]
+    assert ap[best].min() >= ap.drop(best).max()            # the best by AP
+    others = ap.drop(best).drop(worst)
+    if len(others):
+        assert ap[worst].max() <= others.min()               # the worst of the rest
+    assert ap[worst[0]] == ap.min()                          # worst = lowest AP first
+
+    frame_h, frame_w = FrameCache(inputs["cache"]).height, FrameCache(inputs["cache"]).width
+    tile_w = round(TILE_HEIGHT * frame_w / frame_h)
+    colours = {"green": 0, "red": 0}
+    for a in imgs:
+        q = int(a["data-query"])
+        truth = ranked[ranked["query_tracklet_id"] == q].sort_values("rank")["match"].tolist()
+        img = decode_data_uri(a["src"])
+        n_frames = int(inputs["test"].set_index("tracklet_id").loc[q, "n_frames"])
+        lay = strip_layout(min(4, n_frames), len(truth), TILE_HEIGHT, tile_w)
+        assert img.shape == (lay.height, lay.width, 3)
+        for x0, y0, x1, y1 in lay.query_boxes:
+            assert tuple(img[y0 + 1, x0 + 1]) == QUERY_COLOR
+        for match, (x0, y0, x1, y1) in zip(truth, lay.gallery_boxes):
+            want = MATCH_COLOR if match else MISS_COLOR
+            cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+            # all four sides of the frame, and the frame's inside is the picture, not the colour
+            for y, x in ((y0, cx), (y1 - 1, cx), (cy, x0), (cy, x1 - 1), (y0 + 1, x0 + 1)):
+                assert tuple(img[y, x]) == want, (q, match, (y, x))
+            inner = img[y0 + 6:y1 - 6, x0 + 6:x1 - 6].reshape(-1, 3)
+            assert (np.abs(inner.astype(int) - want).sum(1) > 30).mean() > 0.5
+            colours["green" if match else "red"] += 1
+    assert colours["green"] > 0 and colours["red"] > 0
+    # the best query's top match is a match, the worst query's is not
+    first = {int(a["data-query"]): a["data-matches"][0] for a in imgs}
+    assert first[best[0]] == "1" and first[worst[0]] == "0"
+
+
+# --------------------------------------------------------------------------- Markdown
+
+def test_markdown_lists_the_same_numbers(report, inputs):
+    md = report["md_text"]
+    fig_dir = Path(report["figures_dir"])
+    assert fig_dir == Path(report["md"]).parent / "figures"
+    for name in report["figures"]:
+        assert f"](figures/{name})" in md
+        png = Image.open(fig_dir / name)
+        assert png.format == "PNG" and png.size[0] > 100
+    assert "91.5" in md and "85.8" in md and "98.3" in md and "97.7" in md
+    for name in PROTOCOLS:
+        r = inputs["results"][name]
+        row = next(l for l in md.splitlines() if l.startswith("|") and "Ours, trained" in l and name in l)
+        assert pct(r["rank1"]) in row and pct(r["mAP"]) in row
+        row = next(l for l in md.splitlines() if "Ours, untrained" in l and name in l)
+        assert pct(inputs["untrained"][name]["rank1"]) in row
+    per_cam = inputs["results"]["mars_official"]["per_camera"]
+    for cam, m in per_cam.items():
+        row = next(l for l in md.splitlines() if l.startswith(f"| {cam} |"))
+        assert pct(m["rank1"]) in row if np.isfinite(m["rank1"]) else "–" in row
+    # the HTML results table and the Markdown one hold the same cells
+    html_rows = report["parsed"].tables["results-table"]
+    md_rows = [[c.strip().strip("*") for c in l.strip("|").split("|")]
+               for l in md.splitlines() if l.startswith("| ") and ("Ours," in l or "PSTA paper" in l)]
+    assert md_rows == html_rows[1:]
+
+
+# --------------------------------------------------------------------------- missing inputs
+
+def test_missing_optional_inputs_render_notes(inputs, tmp_path):
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    results = json.loads((inputs["eval"] / "results.json").read_text())
+    results["untrained"] = {}
+    for rec in results["protocols"].values():
+        rec.pop("per_camera")
+    (ev / "results.json").write_text(json.dumps(results))
+    out = build_report(ev, tmp_path / "no_index", None, None, None, tmp_path / "r" / "report.html",
+                       tmp_path / "r" / "report.md")
+    html_text = Path(out["html"]).read_text(encoding="utf-8")
+    md = Path(out["md"]).read_text(encoding="utf-8")
+    for what in ("Untrained-model numbers not available", "Per-camera numbers not available",
+                 "Training history not available", "Dataset statistics not available",
+                 "Ranked lists not available"):
+        assert what in html_text and what in md
+    assert out["figures"] == ["cmc.png"] and 'id="cmc-plot"' in html_text
+    assert {"history", "stats", "untrained"} <= set(out["missing"])
+    # a frame cache that is not there: the ranked lists say so, the rest renders
+    shutil.copy(inputs["eval"] / "ranked.parquet", ev / "ranked.parquet")
+    out = build_report(ev, inputs["index"], tmp_path / "no_cache", tmp_path / "none.csv", None,
+                       tmp_path / "r" / "report.html", tmp_path / "r" / "report.md")
+    html_text = Path(out["html"]).read_text(encoding="utf-8")
+    assert "Ranked-list pictures not available" in html_text and "no_cache" in html_text
+    assert "none.csv not found" in html_text
+    assert sorted(p.name for p in (tmp_path / "r" / "figures").iterdir()) == ["cmc.png"]
+
+
+def test_missing_results_json_is_one_clear_error(tmp_path):
+    (tmp_path / "eval").mkdir()
+    with pytest.raises(ReportInputError) as err:
+        build_report(tmp_path / "eval", None, None, None, None, tmp_path / "report.html",
+                     tmp_path / "report.md")
+    msg = str(err.value)
+    assert "results.json" in msg and str(tmp_path / "eval") in msg
+    assert "python -m pipeline evaluate" in msg
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "report.md").exists()
+
+
+def test_other_paper_table_and_duke_protocol(inputs, tmp_path):
+    """A Duke result set picks the duke row of the paper table; a custom paper table is used."""
+    ev = tmp_path / "eval"
+    shutil.copytree(inputs["eval"], ev)
+    results = json.loads((ev / "results.json").read_text())
+    results["dataset"] = "duke"
+    results["protocols"] = {"duke": results["protocols"]["mars_official"]}
+    results["untrained"] = {"duke": results["untrained"]["mars_official"]}
+    (ev / "results.json").write_text(json.dumps(results))
+    out = build_report(ev, None, None, None, None, tmp_path / "report.html", tmp_path / "report.md",
+                       paper={**PAPER_RESULTS, "duke": {**PAPER_RESULTS["duke"], "rank1": 12.3}})
+    parsed = parse_html(Path(out["html"]).read_text(encoding="utf-8"))
+    rows = parsed.tables["results-table"][1:]
+    assert rows[0][:3] == ["PSTA paper (ImageNet ResNet-50)", "DukeMTMC-VideoReID", "duke"]
+    assert rows[0][3] == "12.3" and out["protocol_shown"] == "duke"
+
+
+def test_report_package_imports_no_orchestration_tools():
+    code = ("import sys, psta.report, psta.report.render, psta.report.figures; "
+            "bad = [m for m in ('prefect', 'mlflow', 'dvc', 'matplotlib.pyplot') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# --------------------------------------------------------------------------- a real browser
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
+                    reason="headless browser test needs /usr/bin/chromium and /usr/bin/chromedriver "
+                           "(Debian packages chromium and chromium-driver; `make test` installs them)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    os.environ["SE_OFFLINE"] = "true"   # never let Selenium Manager fetch a driver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", f"--user-data-dir={tmp_path / 'chrome-profile'}",
+                 "--window-size=1280,1000", "--force-device-scale-factor=1"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(Path(report["html"]).resolve().as_uri())
+        assert "run report" in driver.title
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.id, i.complete, i.naturalWidth]);")
+        assert len(images) == report["num_figures"]
+        assert all(done and width > 0 for _, done, width in images), images
+        cmc = driver.find_element(By.ID, "cmc-plot")
+        assert cmc.get_attribute("alt") == "CMC curve"
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", cmc)
+        assert cmc.is_displayed()
+        rect = driver.execute_script(
+            "const r = arguments[0].getBoundingClientRect();"
+            "return [r.left, r.top, r.width, r.height, window.devicePixelRatio,"
+            "        window.innerWidth, window.innerHeight];", cmc)
+        left, top, width, height, dpr, vw, vh = rect
+        assert width > 300 and height > 150
+        assert 0 <= top and top + height <= vh + 1, rect   # fully in the viewport
+        shot_path = tmp_path / "report.png"
+        assert driver.save_screenshot(str(shot_path))
+        # the whole page too, for a human to look at (kept in the test's tmp dir)
+        total_h = driver.execute_script("return document.documentElement.scrollHeight;")
+        driver.set_window_size(1280, min(int(total_h) + 120, 12000))
+        driver.save_screenshot(str(tmp_path / "report_full.png"))
+    finally:
+        driver.quit()
+
+    shot = np.asarray(Image.open(shot_path).convert("RGB")).astype(int)
+    x0, y0 = int(round(left * dpr)), int(round(top * dpr))
+    crop = shot[y0:y0 + int(height * dpr), x0:x0 + int(width * dpr)]
+    assert crop.shape[0] > 100 and crop.shape[1] > 200
+    px = crop.reshape(-1, 3)
+    non_white = (px.min(1) < 235).mean()
+    assert 0.02 < non_white < 0.8, non_white      # a plot, neither blank nor a solid block
+    # matplotlib's first two line colours (C0 blue, C1 orange): the two protocols' curves
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        close = (np.abs(px - np.array(colour)).sum(1) < 60).sum()
+        assert close > 200, (colour, close)
