@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-STAGES = ("ingest", "index", "cache")
+STAGES = ("ingest", "index", "cache", "train", "evaluate", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.stage != "repro":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
+    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_ENABLE_TELEMETRY", "false")):
+        os.environ.setdefault(key, value)
 
     from pipeline.params import ParamsError, load_params
     from psta.errors import DatasetError

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from psta.engine.trainer import TrainConfig
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -83,6 +85,33 @@ class CacheParams:
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    flip_p: float = 0.5
+    erase_p: float = 0.5
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    # auto: the paper's test sampling, begin-interval for MARS and dense for Duke
+    sampling: Literal["auto", "begin", "dense", "all"] = "auto"
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    rerank: bool = False
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    batch_size: int = 32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_workers: int = 2
+    max_rank: int = 50
+    untrained_baseline: bool = True
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    num_examples: int = 3  # best and worst queries shown as ranked lists
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     experiment: str = "psta"
 
@@ -93,6 +122,11 @@ class Params:
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     model: ModelParams = field(default_factory=ModelParams)
     cache: CacheParams = field(default_factory=CacheParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    # the training section is the engine's own config: one definition of every knob
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    report: ReportParams = field(default_factory=ReportParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
     def section(self, name: str) -> dict[str, Any]:
@@ -176,7 +210,10 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
                 values[name] = _coerce(raw[name], tp, key)
             except ParamsError as err:
                 raise ParamsError(f"{source}: {err}; fix the value in {source}") from None
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"{source}: section '{where}': {err}; fix the value in {source}") from None
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

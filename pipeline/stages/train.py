@@ -1,0 +1,101 @@
+"""train: PSTA on the cached frames, the paper's recipe from params.yaml, on GPU when there is one.
+
+`torchrun --nproc_per_node N -m pipeline train` trains with DDP; rank 0 owns the Prefect flow,
+the MLflow run and every file written.
+
+Checkpoints live in data/train/<key>/, where the key hashes the params and the index this run
+trains on: `resume: auto` continues an interrupted run of the same configuration, never a
+finished or a different one. data/train is `persist: true` in dvc.yaml, so a killed
+`dvc repro` picks up where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+from pathlib import Path
+
+from prefect import flow
+
+from pipeline import paths
+from pipeline.params import Params, load_params
+from pipeline.stage import log_files, log_numbers, stage_run
+from psta.atomic import atomic_path
+
+TRAIN_STATE = Path("data/train")
+HISTORY_CSV = paths.REPORTS / "train_history.csv"
+SECTIONS = ("model", "augment", "train")
+
+
+def run_key(params: Params) -> str:
+    index_digest = hashlib.sha256((paths.INDEX / "tracklets.parquet").read_bytes()).hexdigest()
+    return hashlib.sha256(f"{params.digest(*SECTIONS)}:{index_digest}".encode()).hexdigest()[:16]
+
+
+def run_training(params: Params, on_epoch_end=None):
+    from psta.data.cache import FrameCache
+    from psta.data.datasets import TestClips, TrainClips
+    from psta.data.transforms import build_test_transform, build_train_transform
+    from psta.engine import HeldoutEvaluator, train
+    from psta.index import read_index
+    from psta.model import build_model
+
+    m = params.model
+    index = read_index(paths.INDEX)
+    cache = FrameCache(paths.CACHE)
+    cache.check_tracklets(index.tracklets)
+    rows = index.tracklets[index.tracklets["split"] == "train"]
+    model = build_model(
+        m.arch, num_classes=index.num_classes, seq_len=m.seq_len, height=m.height, width=m.width,
+        backbone=m.backbone, pretrained=m.pretrained,
+    )
+    train_set = TrainClips(
+        rows, cache, seq_len=m.seq_len, seed=params.train.seed,
+        transform=build_train_transform(m.height, m.width, params.augment.flip_p, params.augment.erase_p),
+    )
+    evaluate = None
+    if params.train.val_fraction > 0 or params.train.val_ids:
+        heldout = TestClips(rows, cache, seq_len=m.seq_len, transform=build_test_transform(m.height, m.width))
+        evaluate = HeldoutEvaluator(heldout, batch_size=params.train.batch_size, precision=params.train.precision)
+    out_dir = TRAIN_STATE / run_key(params)
+    return train(params.train, model, train_set, out_dir, evaluate=evaluate, on_epoch_end=on_epoch_end)
+
+
+def write_history_csv(history: list[dict]) -> None:
+    columns = sorted({key for row in history for key in row}, key=lambda k: (k != "epoch", k))
+    with atomic_path(HISTORY_CSV) as tmp, open(tmp, "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def publish_model(result) -> Path:
+    """Copy the final model to data/models/ (the next stages' input) and drop stale run folders."""
+    target = paths.MODELS / "model.pt"
+    with atomic_path(target) as tmp:
+        shutil.copyfile(result.model_path, tmp)
+    for stale in TRAIN_STATE.iterdir():
+        if stale.is_dir() and stale.resolve() != Path(result.out_dir).resolve():
+            shutil.rmtree(stale, ignore_errors=True)
+    return target
+
+
+@flow(name="train")
+def train_flow(params_path: str = "params.yaml") -> dict:
+    params = load_params(params_path)
+    with stage_run("train", params, SECTIONS):
+        result = run_training(params, on_epoch_end=lambda epoch, metrics: log_numbers(metrics, step=epoch))
+        write_history_csv(result.history)
+        model_path = publish_model(result)
+        log_files(HISTORY_CSV, model_path.with_name("model.pt"))
+        final = dict(result.history[-1]) if result.history else {}
+        return {"epochs": result.epochs_completed, "resumed_from": str(result.resumed_from or ""), **final}
+
+
+def flow_entry(params_path: str) -> dict:
+    from psta.engine import env_dist_info
+
+    if env_dist_info().rank != 0:
+        # torchrun's other ranks train in lock-step; rank 0 alone runs the flow and writes
+        return {"rank": env_dist_info().rank, "result": run_training(load_params(params_path)).epochs_completed}
+    return train_flow(params_path=params_path)
