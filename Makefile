@@ -14,7 +14,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 # pip on this machine lists extra local indexes that warn for every missing package
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install run test test-fast bench clean-outputs
+.PHONY: install system-deps run test test-fast bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,10 +23,18 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The report's browser test drives Debian's Chromium; as root (CI, fresh machines) install it.
+system-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "note: the browser test needs Debian's chromium and chromium-driver (sudo apt-get install chromium chromium-driver)"; fi; \
+	fi
+
 run: install
 	$(PY) -m pipeline repro
 
-test: install
+test: install system-deps
 	$(PY) -m pytest
 
 test-fast: install
