@@ -14,7 +14,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 # pip on this machine lists extra local indexes that warn for every missing package
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install system-deps run test test-fast bench
+.PHONY: install system-deps run test test-fast bench serve ui
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,3 +42,11 @@ test-fast: install
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(PY) -m benchmarks.$$(basename $$b .py); done
+
+# Scheduled retraining (params.yaml retrain.cron): needs `prefect server start` and PREFECT_API_URL
+serve: install
+	$(PY) -m pipeline serve
+
+# The MLflow UI over the local store: runs, and the registry's psta-<dataset> models
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -1,4 +1,8 @@
-"""`python -m pipeline <stage>`: run one stage of dvc.yaml as a Prefect flow."""
+"""`python -m pipeline <stage>`: run one stage of dvc.yaml as a Prefect flow.
+
+`repro` runs them all (dvc repro), `retrain` runs one retrain (repro + dvc push), `serve`
+serves the scheduled deployment retrain/scheduled (pipeline/retrain.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +15,11 @@ STAGES = ("ingest", "index", "cache", "train", "evaluate", "report")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    parser.add_argument("stage", choices=(*STAGES, "repro"), help="a dvc.yaml stage, or repro for all")
+    parser.add_argument(
+        "stage", choices=(*STAGES, "repro", "retrain", "serve"),
+        help="a dvc.yaml stage; repro for all; retrain for one retrain (repro + dvc push); "
+             "serve to serve the scheduled retrain deployment",
+    )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.stage != "repro":
@@ -28,6 +36,19 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.repro import run_dvc_repro
 
             return run_dvc_repro(extra, params_path=args.params)
+        if args.stage == "serve":
+            from pipeline.retrain import serve
+
+            return serve(params_path=args.params)
+        if args.stage == "retrain":
+            from pipeline.retrain import RetrainBusy, RetrainFailed, retrain
+
+            try:
+                retrain(params_path=args.params)
+            except (RetrainBusy, RetrainFailed) as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+            return 0
         module = importlib.import_module(f"pipeline.stages.{args.stage}")
         module.flow_entry(params_path=args.params)
     except (ParamsError, DatasetError) as err:

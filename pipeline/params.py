@@ -117,6 +117,14 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class RetrainParams:
+    """The scheduled retraining deployment (`python -m pipeline serve`, pipeline/retrain.py)."""
+
+    cron: str = "0 3 * * 0"  # when the deployment runs (UTC): Sundays 03:00
+    push: bool = True  # `dvc push` the new outputs to the default DVC remote afterwards
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
@@ -128,6 +136,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     report: ReportParams = field(default_factory=ReportParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
+    retrain: RetrainParams = field(default_factory=RetrainParams)
 
     def section(self, name: str) -> dict[str, Any]:
         return dataclasses.asdict(getattr(self, name))

@@ -8,6 +8,7 @@ from prefect import flow
 
 from pipeline import paths
 from pipeline.params import Params, load_params
+from pipeline.registry import register_model
 from pipeline.stage import log_files, log_numbers, stage_run, stage_task
 
 PROTOCOLS = {"mars": ("mars_official", "mars_torchreid"), "duke": ("duke",)}
@@ -73,6 +74,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         metrics = write_metrics(summary, METRICS_JSON, CMC_CSV)
         log_numbers(metrics)
         log_files(METRICS_JSON, CMC_CSV, paths.EVAL / "results.json")
+        register_model(paths.MODELS / "model.pt", paths.INDEX / "stats.json", METRICS_JSON)
         return metrics
 
 
