@@ -13,7 +13,9 @@ term) on ``clips`` x 8 frames x 256 x 128 with resnet50, 625 classes. Configurat
   (d) inference only: (c) on ``prepare_for_inference(model, bf16)`` (BatchNorms folded into the
       convolutions, bf16 parameters)
 
-Configurations are interleaved round by round (the machine is shared) and medians reported.
+Configurations are interleaved round by round and medians reported. The machine is shared:
+before each measurement the benchmark waits (15 s at most, 90 s in all) for other processes to
+use < 25 % of the CPUs, and it records the share they used during every measurement.
 Writes benchmarks/results/model.json.
 """
 from __future__ import annotations
@@ -76,7 +78,8 @@ def loop_sra(sra, fmap, flat, vect, embed, aggregated):
     for i in range(0, t, 2):
         c_i = sra.app_channel(vect[:, i]).view(b, -1, 1, 1)
         c_j = sra.app_channel(vect[:, i + 1]).view(b, -1, 1, 1)
-        out.append(aggregated[:, i // 2] + torch.relu((c_i * s[:, i]) * fmap[:, i] + (c_j * s[:, i + 1]) * fmap[:, i + 1]))
+        pair = (c_i * s[:, i]) * fmap[:, i] + (c_j * s[:, i + 1]) * fmap[:, i + 1]
+        out.append(aggregated[:, i // 2] + torch.relu(pair))
     return torch.stack(out, 1)
 
 
@@ -144,25 +147,65 @@ def make_infer_step(forward, x, dtype):
     return step
 
 
-def interleaved(steps: dict, warmup: int, rounds: int, label: str) -> tuple[dict, dict, dict]:
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds spent busy by the whole machine so far (Linux /proc/stat), else None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class QuietGate:
+    """Before a measurement, wait (up to ``wait`` s, ``budget`` s in all) until other processes
+    use less than ``threshold`` of the machine's CPUs, sampled over 1 s while this one idles."""
+
+    def __init__(self, threshold: float = 0.25, wait: float = 15.0, budget: float = 90.0):
+        self.threshold, self.wait, self.budget = threshold, wait, budget
+        self.waited = 0.0
+
+    def __call__(self) -> None:
+        if _busy_cpu_seconds() is None:
+            return
+        ncpu = os.cpu_count() or 1
+        start = time.perf_counter()
+        while self.waited + (time.perf_counter() - start) < self.budget and time.perf_counter() - start < self.wait:
+            b0, w0 = _busy_cpu_seconds(), time.perf_counter()
+            time.sleep(1.0)
+            if (_busy_cpu_seconds() - b0) / (ncpu * (time.perf_counter() - w0)) < self.threshold:
+                break
+        self.waited += time.perf_counter() - start
+
+
+def interleaved(steps: dict, warmup: int, rounds: int, label: str,
+                gate: QuietGate | None = None) -> tuple[dict, dict, dict, dict]:
     """Run every step ``warmup`` times, then ``rounds`` rounds of one call each (interleaved).
 
-    Returns per step the wall-clock seconds, the process CPU seconds (both threads) and the
+    Returns per step the wall-clock seconds, the process CPU seconds (both threads), the share
+    of the machine's CPUs that other processes used meanwhile (the machine is shared), and the
     last output."""
-    outputs, wall, cpu = {}, {k: [] for k in steps}, {k: [] for k in steps}
+    outputs = {}
+    wall, cpu, others = ({k: [] for k in steps} for _ in range(3))
+    ncpu = os.cpu_count() or 1
     for _ in range(warmup):
         for name, fn in steps.items():
             outputs[name] = fn()
     for r in range(rounds):
         for name, fn in steps.items():
-            w0, c0 = time.perf_counter(), time.process_time()
+            if gate is not None:
+                gate()
+            b0, w0, c0 = _busy_cpu_seconds(), time.perf_counter(), time.process_time()
             outputs[name] = fn()
-            wall[name].append(time.perf_counter() - w0)
-            cpu[name].append(time.process_time() - c0)
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"  {label} round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in wall.items())
-              + f" (load {load:.1f})", flush=True)
-    return wall, cpu, outputs
+            w, c, b1 = time.perf_counter() - w0, time.process_time() - c0, _busy_cpu_seconds()
+            wall[name].append(w)
+            cpu[name].append(c)
+            others[name].append(None if b0 is None or b1 is None else max(0.0, (b1 - b0 - c) / (ncpu * w)))
+        cells = [f"{k} {wall[k][-1]:.2f}s" + ("" if others[k][-1] is None else f" (others {others[k][-1]:.0%})")
+                 for k in steps]
+        print(f"  {label} round {r + 1}/{rounds}: " + ", ".join(cells), flush=True)
+    return wall, cpu, others, outputs
 
 
 @torch.no_grad()
@@ -189,6 +232,11 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.double(), b.double()).min().item()
 
 
+def _median_share(shares: dict) -> float | None:
+    values = [v for vs in shares.values() for v in vs if v is not None]
+    return statistics.median(values) if values else None
+
+
 def rel_max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
@@ -203,9 +251,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--inference-rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--quiet-threshold", type=float, default=0.25,
+                    help="before each measurement wait until other processes use less than this "
+                         "share of the CPUs (the machine is shared) ...")
+    ap.add_argument("--quiet-wait", type=float, default=15.0, help="... for at most this many seconds")
+    ap.add_argument("--quiet-budget", type=float, default=90.0, help="... and this many in all")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     started = time.perf_counter()
+    gate = QuietGate(args.quiet_threshold, args.quiet_wait, args.quiet_budget)
 
     torch.manual_seed(0)
     ref = build_model("psta", 625, seq_len=args.seq_len, height=args.height, width=args.width,
@@ -231,7 +285,7 @@ def main(argv=None) -> dict:
         "b_batched_fp32_cl": make_train_step(fast, fast, x, labels, None, pre_fast),
         "c_batched_bf16_cl": make_train_step(fast, fast, x, labels, bf16, pre_fast),
     }
-    t_train, c_train, out_train = interleaved(train_steps, args.warmup, args.rounds, "train")
+    t_train, c_train, o_train, out_train = interleaved(train_steps, args.warmup, args.rounds, "train", gate)
     (la, ga, fa), (lb, gb, fb), (lc, gc, fc) = (out_train[k] for k in train_steps)
 
     # inference: same weights and (calibrated) BN statistics in both models
@@ -245,7 +299,7 @@ def main(argv=None) -> dict:
         "c_batched_bf16_cl": make_infer_step(fast, x, bf16),
         "d_folded_bf16_cl": make_infer_step(folded, x, bf16),
     }
-    t_inf, c_inf, out_inf = interleaved(infer_steps, args.warmup, args.inference_rounds, "inference")
+    t_inf, c_inf, o_inf, out_inf = interleaved(infer_steps, args.warmup, args.inference_rounds, "inference", gate)
     ea, eb, ec, ed = (out_inf[k] for k in infer_steps)
 
     med = lambda v: statistics.median(v)  # noqa: E731
@@ -259,7 +313,8 @@ def main(argv=None) -> dict:
         "input": {"clips": args.clips, "seq_len": args.seq_len, "height": args.height,
                   "width": args.width, "backbone": args.backbone, "num_classes": 625},
         "method": f"median of {args.rounds} (train) / {args.inference_rounds} (inference) interleaved "
-                  f"rounds after {args.warmup} warm-up call(s) per configuration",
+                  f"rounds after {args.warmup} warm-up call(s) per configuration; each measurement "
+                  f"waits (bounded) for other processes to use < {args.quiet_threshold:.0%} of the CPUs",
         "train_step_seconds": {k: med(v) for k, v in t_train.items()},
         "inference_seconds": {k: med(v) for k, v in t_inf.items()},
         "speedup_train_vs_loop_fp32": {k: base_train / med(v) for k, v in t_train.items()},
@@ -269,6 +324,12 @@ def main(argv=None) -> dict:
         "speedup_inference_vs_loop_fp32_best": {k: min(t_inf["a_loop_fp32"]) / min(v) for k, v in t_inf.items()},
         "speedup_train_vs_loop_fp32_cpu_time": {k: med(c_train["a_loop_fp32"]) / med(v) for k, v in c_train.items()},
         "speedup_inference_vs_loop_fp32_cpu_time": {k: med(c_inf["a_loop_fp32"]) / med(v) for k, v in c_inf.items()},
+        "quiet_gate": {"threshold": args.quiet_threshold, "max_wait_s": args.quiet_wait,
+                       "budget_s": args.quiet_budget, "waited_s": gate.waited},
+        "other_processes_cpu_share_median": {
+            "train": _median_share(o_train), "inference": _median_share(o_inf)},
+        "other_processes_cpu_share_train": o_train,
+        "other_processes_cpu_share_inference": o_inf,
         "train_step_seconds_all": t_train,
         "train_step_cpu_seconds_all": c_train,
         "inference_seconds_all": t_inf,
@@ -295,7 +356,8 @@ def main(argv=None) -> dict:
         "train_c_ge_2x_a": sp_t["c_batched_bf16_cl"] >= 2.0,
         "train_b_ge_1.2x_a_equal_outputs": sp_t["b_batched_fp32_cl"] >= 1.2
         and eq["train_b_vs_a_max_rel_diff_features"] < 1e-3 and eq["inference_b_vs_a_max_rel_diff"] < 1e-3,
-        "inference_c_ge_2.5x_a_cosine_0.99": sp_i["c_batched_bf16_cl"] >= 2.5 and eq["inference_c_vs_a_min_cosine"] >= 0.99,
+        "inference_c_ge_2.5x_a_cosine_0.99": sp_i["c_batched_bf16_cl"] >= 2.5
+        and eq["inference_c_vs_a_min_cosine"] >= 0.99,
     }
     result["total_seconds"] = time.perf_counter() - started
     write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
@@ -324,6 +386,10 @@ def print_table(r: dict) -> None:
           f"(post-BN {eq['train_c_vs_a_min_cosine_post_bn_features']:.4f}), "
           f"inference embedding cosine >= {eq['inference_c_vs_a_min_cosine']:.4f}; "
           f"(d) vs (a): {eq['inference_d_vs_a_min_cosine']:.4f}")
+    share = r["other_processes_cpu_share_median"]
+    if share["train"] is not None:
+        print(f"other processes used {share['train']:.0%} (train) / {share['inference']:.0%} (inference) "
+              f"of the machine's CPUs during the measurements (median)")
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in r["targets"].items()))
     print(f"total {r['total_seconds']:.0f} s")
 

@@ -10,11 +10,12 @@ import contextlib
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from pipeline import servers, tracking
 from pipeline.params import load_params
+
+PREFECT_HOME = Path(".prefect")
 
 
 def run_dvc_repro(dvc_args: list[str], params_path: str = "params.yaml", own_prefect_server: bool = True) -> int:
@@ -30,8 +31,8 @@ def run_dvc_repro(dvc_args: list[str], params_path: str = "params.yaml", own_pre
         env.pop("MLFLOW_RUN_ID", None)
         with contextlib.ExitStack() as stack:
             if own_prefect_server and not env.get("PREFECT_API_URL"):
-                home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prefect-")))
-                env["PREFECT_API_URL"] = stack.enter_context(servers.prefect_server(home))
+                # a project-local home keeps the flow-run history and the server's log
+                env["PREFECT_API_URL"] = stack.enter_context(servers.prefect_server(PREFECT_HOME.resolve()))
             dvc = Path(sys.executable).with_name("dvc")
             code = subprocess.run([str(dvc) if dvc.exists() else "dvc", "repro", *dvc_args], env=env).returncode
         mlflow.set_tag("data_version", tracking.data_version())

@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 from psta.model import (
+    PSTA,
     CheckpointMismatchError,
     PretrainedWeightsError,
     autocast_context,
@@ -97,7 +98,8 @@ class OracleSRA(nn.Module):
         for i in range(0, t, 2):
             c_i = self.app_channel(vect[:, i]).view(b, -1, 1, 1)
             c_j = self.app_channel(vect[:, i + 1]).view(b, -1, 1, 1)
-            out.append(aggregated[:, i // 2] + torch.relu((c_i * s[:, i]) * fmap[:, i] + (c_j * s[:, i + 1]) * fmap[:, i + 1]))
+            pair = (c_i * s[:, i]) * fmap[:, i] + (c_j * s[:, i + 1]) * fmap[:, i + 1]
+            out.append(aggregated[:, i // 2] + torch.relu(pair))
         return torch.stack(out, 1)
 
 
@@ -139,17 +141,17 @@ class OracleBase(nn.Module):
 
 
 class OraclePSTA(nn.Module):
-    def __init__(self, num_classes, seq_len=8, height=256, width=128, backbone="resnet50"):
+    def __init__(self, num_classes, seq_len=8, height=256, width=128, backbone="resnet50", planes=1024):
         super().__init__()
         self.base = OracleBase(backbone)
         h, w = feature_map_size(height, width)
         cin = 2048 if backbone == "resnet50" else 512
-        self.down_channel = _cbr(cin, 1024)
+        self.down_channel = _cbr(cin, planes)
         self.n = int(math.log2(seq_len))
         for k in range(self.n):
-            setattr(self, f"layer{k + 1}", OracleSTAM(1024, h * w))
-        self.bottleneck = nn.ModuleList([nn.BatchNorm1d(1024) for _ in range(self.n)])
-        self.classifier = nn.ModuleList([nn.Linear(1024, num_classes) for _ in range(self.n)])
+            setattr(self, f"layer{k + 1}", OracleSTAM(planes, h * w))
+        self.bottleneck = nn.ModuleList([nn.BatchNorm1d(planes) for _ in range(self.n)])
+        self.classifier = nn.ModuleList([nn.Linear(planes, num_classes) for _ in range(self.n)])
 
     def forward(self, x):
         b, t = x.shape[:2]
@@ -262,19 +264,24 @@ def test_tap_shapes():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_batched_pairs_equal_per_pair_loop(dtype):
-    # float64 shows the mathematics is identical (1e-5 is loose there: diffs are ~1e-13);
-    # float32 shows it in the working precision, where the BNNeck over a 3-clip batch amplifies
+    # float64 shows the mathematics is identical (1e-5 is loose there: diffs are ~1e-13), on a
+    # narrower model (C = 256; float64 convolutions are slow on the CPU); float32 shows it for the
+    # real model in the working precision, where the BNNeck over a 3-clip batch amplifies the
     # rounding differences of the (differently ordered) reductions to ~3e-5 on the features.
     tol = 1e-5 if dtype == torch.float64 else 1e-4
+    planes, size = (256, (64, 32)) if dtype == torch.float64 else (1024, (128, 64))
     torch.manual_seed(1)
-    kw = dict(seq_len=8, height=128, width=64, backbone="resnet18")
-    model = build_model("psta", 11, **kw)
+    kw = dict(seq_len=8, height=size[0], width=size[1], backbone="resnet18")
+    model = PSTA(11, planes=planes, **kw)
     _randomise_(model)
-    oracle = OraclePSTA(11, **kw)
+    oracle = OraclePSTA(11, planes=planes, **kw)
     oracle.load_state_dict(model.state_dict(), strict=True)
     model.to(dtype)
     oracle.to(dtype)
-    x = torch.randn(3, 8, 3, 128, 64, dtype=dtype)
+    if dtype == torch.float64:  # float64 convolution backward is very slow on the CPU: skip the
+        model.base.requires_grad_(False)  # backbone's (the float32 run checks its gradients)
+        oracle.base.requires_grad_(False)
+    x = torch.randn(3, 8, 3, *size, dtype=dtype)
     labels = torch.tensor([0, 5, 10])
 
     # train mode: per-(pair, direction) BN batch statistics, running-stat updates, gradients

@@ -25,11 +25,12 @@ from .checkpoints import (
 )
 from .inference import fold_batchnorm, prepare_for_inference
 from .precision import autocast_context, cpu_supports_bf16, resolve_precision, to_channels_last
-from .psta import ARCHS, PSTA, TAP, build_model, pyramid_levels
+from .psta import ARCHS, PSTA, TAP, build_model, model_from_config, pyramid_levels
 
 __all__ = [
     "ARCHS", "BACKBONES", "PSTA", "TAP", "STAM", "TRA", "SRA", "ResNetBackbone",
-    "build_model", "build_backbone", "pyramid_levels", "feature_map_size", "grouped_batch_norm",
+    "build_model", "model_from_config", "build_backbone", "pyramid_levels", "feature_map_size",
+    "grouped_batch_norm",
     "check_pretrained", "imagenet_weights_file", "PretrainedWeightsError",
     "load_released_psta", "save_checkpoint", "load_checkpoint", "strict_load_state_dict",
     "unwrap_state_dict", "CheckpointMismatchError",

@@ -139,7 +139,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
 
     config = getattr(model, "config", None)
     if config is None:
-        raise ValueError("model has no .config; build it with psta.model.build_model")
+        raise ValueError("model has no .config (not a psta.model PSTA / TAP)")
     payload = {"format": CHECKPOINT_FORMAT, "config": dict(config),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     for k in extra:
@@ -155,15 +155,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Returns ``(model, checkpoint)``; the model is in eval mode, ``checkpoint`` is the whole dict.
     """
-    from .psta import build_model
+    from .psta import model_from_config
 
     path = Path(path)
     ckpt = _torch_load(path, map_location, allow_pickle=False)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint "
                          f"(for the authors' released files use load_released_psta)")
-    config = dict(ckpt["config"])
-    config["pretrained"] = "none"
-    model = build_model(**config)
+    model = model_from_config(ckpt["config"], pretrained="none")
     strict_load_state_dict(model, ckpt["state_dict"], source=str(path))
     return model.eval(), ckpt

@@ -57,6 +57,10 @@ class PSTA(nn.Module):
         self.num_levels = levels
         self.feature_dim = planes
         spatial_size = self.feature_hw[0] * self.feature_hw[1]
+        self.config = {"arch": "psta", "num_classes": num_classes, "seq_len": seq_len, "height": height,
+                       "width": width, "backbone": backbone, "pretrained": os.fspath(pretrained)}
+        if (planes, mid_planes) != (1024, 256):
+            self.config.update(planes=planes, mid_planes=mid_planes)
 
         self.base = build_backbone(backbone, pretrained)
         self.down_channel = nn.Sequential(
@@ -115,6 +119,8 @@ class TAP(nn.Module):
         self.num_classes = num_classes
         self.seq_len = seq_len
         self.height, self.width = height, width
+        self.config = {"arch": "tap", "num_classes": num_classes, "seq_len": seq_len, "height": height,
+                       "width": width, "backbone": backbone, "pretrained": os.fspath(pretrained)}
         self.base = build_backbone(backbone, pretrained)
         self.feature_dim = self.base.out_channels
         self.bottleneck = nn.BatchNorm1d(self.feature_dim)
@@ -150,11 +156,19 @@ def build_model(arch: str = "psta", num_classes: int = 625, seq_len: int = 8, he
     feature_map_size(height, width)
     check_pretrained(pretrained, backbone)
     cls = PSTA if arch == "psta" else TAP
-    model = cls(num_classes, seq_len=seq_len, height=height, width=width, backbone=backbone,
-                pretrained=pretrained)
-    model.config = {"arch": arch, "num_classes": num_classes, "seq_len": seq_len, "height": height,
-                    "width": width, "backbone": backbone, "pretrained": os.fspath(pretrained)}
-    return model
+    return cls(num_classes, seq_len=seq_len, height=height, width=width, backbone=backbone,
+               pretrained=pretrained)
 
 
-__all__ = ["ARCHS", "PSTA", "TAP", "build_model", "pyramid_levels", "backbone_channels"]
+def model_from_config(config: dict, pretrained: str | os.PathLike | None = "none") -> nn.Module:
+    """Rebuild a model from its ``config`` (as saved in our checkpoints); ``pretrained`` overrides."""
+    config = dict(config)
+    arch = config.pop("arch")
+    if pretrained is not None:
+        config["pretrained"] = pretrained
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r} in model config; choose one of {', '.join(ARCHS)}")
+    return (PSTA if arch == "psta" else TAP)(**config)
+
+
+__all__ = ["ARCHS", "PSTA", "TAP", "build_model", "model_from_config", "pyramid_levels", "backbone_channels"]
