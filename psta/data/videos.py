@@ -1,0 +1,676 @@
+"""Bring your own cameras: turn per-camera videos + box files into a MARS-layout dataset.
+
+Input (``src_root``, the pipeline's ``data.root``)::
+
+    <camera>.mp4 | .avi | .mkv     one video per camera
+    <camera>.txt                   its boxes, MOTChallenge format (see psta.data.mot):
+                                   frame, id, left, top, width, height[, conf, ...]; frames 1-based
+    identities.csv                 optional: camera, track_id, identity (per-camera track -> person)
+
+Cameras are numbered 1, 2, ... in sorted file-name order (MARS names hold one camera digit, so at
+most 9). Without ``identities.csv`` a track id names the same person in every camera.
+
+What happens, in this order (every count lands in the returned stats):
+
+1. rows with ``conf == 0`` are ignored (MOTChallenge ground truth marks "do not consider"
+   entries that way; ``skip_zero_conf``); with ``identities.csv``, tracks it does not list are
+   dropped (``unlabelled``);
+2. every box is clipped to the frame (``clipped``); a box with nothing inside the frame is
+   dropped (``outside_frame``);
+3. each track (boxes of one track id in one camera, in frame order) keeps every
+   ``frame_stride``-th box; a track left with fewer than ``min_tracklet_len`` boxes is dropped
+   (``dropped_short``); a longer one of L boxes is cut into ``ceil(L / max_tracklet_len)``
+   tracklets of near-equal length (their lengths differ by at most one frame);
+4. identities are split into train and test with a seeded fraction (``test_fraction``,
+   ``seed``), separately among identities seen by two or more cameras and those seen by one,
+   so the test set always holds identities that can be queried. Each multi-camera test
+   identity gives one query tracklet per camera as long as every query keeps a gallery
+   tracklet of its identity in another camera (so every query has a valid match under both the
+   MARS and the torchreid protocol); single-camera test identities have no query and sit in
+   the gallery with their real pid, as hard negatives (MARS's gallery-only identities);
+5. the frames that carry kept boxes are decoded with decord in sorted batches of at most
+   ``decode_batch`` frames / ``decode_batch_mb`` MiB, cut at keyframes (random-access reads;
+   never the whole video; see :func:`iter_frame_batches`), each box is cropped
+   and resized to ``height x width`` (PIL, antialiased bicubic) and written as a JPEG named
+   ``PPPPCcTttttFfff.jpg`` under ``bbox_train/`` or ``bbox_test/``, with ``info/`` written by
+   the synthetic generator's MARS writer. The output root is written atomically.
+
+pids: if every identity is an integer in 1..9999 it is its own pid; otherwise identities are
+numbered 1..K in sorted order (the map is in ``stats["pids"]``). pid 0 (MARS distractor) and
+-1 (junk) are never used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from psta.atomic import atomic_dir
+from psta.data.mot import MotBoxes, read_identities, read_mot_boxes
+from psta.data.synthetic import _track_numbers, _write_mars_info
+from psta.errors import DatasetError
+
+__all__ = [
+    "VideoIngestConfig",
+    "VIDEO_EXTENSIONS",
+    "IDENTITIES_FILE",
+    "Camera",
+    "find_cameras",
+    "probe_video",
+    "clip_boxes",
+    "crop_resize",
+    "iter_frame_batches",
+    "batch_bounds",
+    "frames_per_batch",
+    "build_mars_from_videos",
+]
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv")
+IDENTITIES_FILE = "identities.csv"
+MAX_CAMERAS = 9                 # one camera digit in MARS names
+MAX_TRACKLET_FRAMES = 999       # three frame digits
+MAX_TRACKLETS_PER_CAMERA = 9999  # four tracklet digits per (pid, camera)
+MAX_PID = 9999                  # four identity digits
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "lanczos": Image.Resampling.LANCZOS}
+
+
+@dataclass(frozen=True)
+class VideoIngestConfig:
+    """Knobs of :func:`build_mars_from_videos` (defaults: MARS-sized crops, every frame).
+
+    height, width: person-crop size written (MARS: 256 x 128).
+    frame_stride: keep every k-th box of a track (1 = all). DukeMTMC-VideoReID kept 12 frames a
+        second of its 59.94 fps videos ("we crop pedestrian images from the videos for 12 frames
+        every second", its README), i.e. frame_stride 5; MARS kept every frame of its tracks.
+    min_tracklet_len: tracks with fewer sampled boxes are dropped (counted).
+    max_tracklet_len: longer tracks are cut into ceil(L / max) near-equal tracklets (<= 999,
+        the MARS frame-number width).
+    test_fraction, seed: seeded identity split into train / test.
+    interpolation: "bicubic" (default), "bilinear" or "lanczos"; PIL resizes with antialiasing.
+    jpeg_quality: JPEG quality of the written crops.
+    decode_batch, decode_batch_mb: frames per decord ``get_batch`` call, and a cap on their
+        size as RGB (32 frames up to 1080p; 10 at 4K). Memory holds about two batches.
+    skip_zero_conf: ignore rows whose 7th column (conf) is 0 (MOTChallenge "do not consider").
+    on_empty_identity: "error" (default) or "drop" an identity that has boxes but no frame left
+        after filtering.
+    """
+
+    height: int = 256
+    width: int = 128
+    frame_stride: int = 1
+    min_tracklet_len: int = 2
+    max_tracklet_len: int = 100
+    test_fraction: float = 0.5
+    seed: int = 0
+    interpolation: str = "bicubic"
+    jpeg_quality: int = 95
+    decode_batch: int = 32
+    decode_batch_mb: float = 256.0
+    skip_zero_conf: bool = True
+    on_empty_identity: str = "error"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, what: str):
+            if not ok:
+                raise ValueError(f"VideoIngestConfig: {what}")
+
+        need(self.height >= 8 and self.width >= 4, f"crop size {self.height} x {self.width} is too small")
+        need(self.frame_stride >= 1, f"frame_stride must be >= 1, got {self.frame_stride}")
+        need(1 <= self.min_tracklet_len <= self.max_tracklet_len <= MAX_TRACKLET_FRAMES,
+             f"need 1 <= min_tracklet_len <= max_tracklet_len <= {MAX_TRACKLET_FRAMES} (MARS frame "
+             f"numbers have 3 digits), got {self.min_tracklet_len}, {self.max_tracklet_len}")
+        need(0.0 < self.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        need(self.interpolation in _RESAMPLE,
+             f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
+        need(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        need(self.decode_batch >= 1, f"decode_batch must be >= 1, got {self.decode_batch}")
+        need(self.decode_batch_mb > 0, f"decode_batch_mb must be > 0, got {self.decode_batch_mb}")
+        need(self.on_empty_identity in ("error", "drop"),
+             f"on_empty_identity must be 'error' or 'drop', got {self.on_empty_identity!r}")
+
+    @classmethod
+    def from_dict(cls, params: dict | None) -> "VideoIngestConfig":
+        """Build from a params.yaml mapping; unknown keys are an error naming the known ones."""
+        params = dict(params or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"VideoIngestConfig: unknown key(s) {unknown}; known: {sorted(known)}")
+        return cls(**params)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# cameras and videos
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Camera:
+    """One camera: ``camid`` 1-based, ``name`` the video's stem."""
+
+    camid: int
+    name: str
+    video: Path
+    boxes: Path
+    num_frames: int = 0
+    frame_height: int = 0
+    frame_width: int = 0
+
+
+def find_cameras(src_root: str | os.PathLike) -> list[Camera]:
+    """The cameras under ``src_root``: its videos in sorted file-name order, each with its box file."""
+    root = Path(src_root)
+    if not root.is_dir():
+        raise DatasetError(f"data.root {root} does not exist or is not a directory; set it to the folder "
+                           f"holding one video per camera (<camera>.mp4/.avi/.mkv) and its <camera>.txt "
+                           f"box file")
+    videos = sorted((p for p in root.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS),
+                    key=lambda p: p.name)
+    if not videos:
+        raise DatasetError(f"no videos (*{', *'.join(VIDEO_EXTENSIONS)}) in data.root {root}; put one video "
+                           f"per camera there, each with its <camera>.txt box file (MOTChallenge format)")
+    stems: dict[str, Path] = {}
+    for v in videos:
+        if v.stem in stems:
+            raise DatasetError(f"{stems[v.stem].name} and {v.name} in {root} are the same camera "
+                               f"{v.stem!r} (one box file {v.stem}.txt); keep one video per camera")
+        stems[v.stem] = v
+    if len(videos) > MAX_CAMERAS:
+        raise DatasetError(f"{len(videos)} videos in {root} ({', '.join(v.name for v in videos)}), but MARS "
+                           f"frame names hold a single camera digit: at most {MAX_CAMERAS} cameras. Split "
+                           f"the cameras over several datasets (data.root folders)")
+    cams = []
+    for i, v in enumerate(videos, 1):
+        box = v.with_suffix(".txt")
+        if not box.is_file():
+            raise DatasetError(f"video {v.name} has no box file {box.name} next to it in {root}; write its "
+                               f"boxes there in MOTChallenge format (frame, id, left, top, width, height, "
+                               f"conf, ...; frames 1-based), or move the video out of data.root")
+        cams.append(Camera(camid=i, name=v.stem, video=v, boxes=box))
+    return cams
+
+
+def _open_video(path: Path):
+    import decord  # imported here so importing psta.data does not load decord's native library
+
+    try:
+        return decord.VideoReader(str(path), ctx=decord.cpu(0))
+    except (RuntimeError, OSError) as e:   # decord raises DECORDError (a RuntimeError)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DatasetError(f"cannot read video {path} with decord ({msg}); the file is damaged or not a "
+                           f"video. Re-encode it (e.g. ffmpeg -i {path.name} -c:v libx264 "
+                           f"{path.stem}.mp4) or remove it with its box file") from None
+
+
+def probe_video(path: str | os.PathLike) -> tuple[int, int, int]:
+    """``(num_frames, height, width)`` of a video (decodes its first frame).
+
+    Also checks that decord can seek in it: its frame timestamps must increase. Some files
+    (H.264 in AVI, for one) carry no packet timestamps; decord's seeks then land on the first
+    frame while it counts on, so every random-access read would return the wrong frame.
+    """
+    path = Path(path)
+    vr = _open_video(path)
+    n = len(vr)
+    if n < 1:
+        raise DatasetError(f"video {path} has no frames; re-encode it or remove it with its box file")
+    try:
+        start = np.asarray(vr.get_frame_timestamp(list(range(n))), np.float64).reshape(n, -1)[:, 0]
+    except RuntimeError:
+        start = np.full(n, np.nan)
+    ok = np.isfinite(start) & (start > -1e6)
+    ok[1:] &= np.diff(start) > 0
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        raise DatasetError(
+            f"video {path}: frame {i + 1} has no usable timestamp ({start[i]:g} s), so decord cannot seek "
+            f"in this file and would return wrong frames (this happens with H.264 in AVI). Remux it "
+            f"without re-encoding, e.g. ffmpeg -i {path.name} -c copy {path.stem}.mkv, and remove "
+            f"{path.name} (the box file {path.stem}.txt stays as it is)")
+    try:
+        shape = vr[0].shape
+    except RuntimeError as e:
+        raise DatasetError(f"cannot decode the first frame of video {path} ({e}); re-encode it") from None
+    return n, int(shape[0]), int(shape[1])
+
+
+class _DLPack:
+    """Expose a decord NDArray through the DLPack protocol, for a zero-copy ``np.from_dlpack``."""
+
+    def __init__(self, nd):
+        self.nd = nd
+
+    def __dlpack__(self, **_):
+        return self.nd.to_dlpack()
+
+    def __dlpack_device__(self):
+        return (1, 0)        # kDLCPU, device 0
+
+
+def _as_numpy(nd) -> np.ndarray:
+    """A decord batch as a (read-only) numpy array without copying it; ``asnumpy()`` copies."""
+    try:
+        return np.from_dlpack(_DLPack(nd))
+    except (AttributeError, TypeError, BufferError, RuntimeError):
+        return nd.asnumpy()
+
+
+def frames_per_batch(max_frames: int, max_mb: float, height: int, width: int) -> int:
+    """Frames per ``get_batch`` call: ``max_frames``, fewer if a batch of RGB frames would take
+    more than ``max_mb`` MiB (never fewer than one)."""
+    return max(1, min(int(max_frames), int(max_mb * 2**20) // max(1, height * width * 3)))
+
+
+def batch_bounds(frames: np.ndarray, keyframes, max_frames: int) -> list[tuple[int, int]]:
+    """Cut sorted 0-based ``frames`` into ``[a, b)`` runs of at most ``max_frames`` frames,
+    ending a run at a keyframe boundary (GOP) when one falls inside it, so the next run starts
+    in a GOP nothing has been decoded from yet (restarting there costs no re-decoding)."""
+    frames = np.asarray(frames, np.int64)
+    keys = np.asarray(sorted(int(k) for k in keyframes) or [0], np.int64)
+    gop = np.searchsorted(keys, frames, side="right")
+    out, a, n = [], 0, len(frames)
+    while a < n:
+        b = min(a + max_frames, n)
+        if b < n and gop[b] == gop[b - 1]:
+            change = np.flatnonzero(gop[a + 1:b] != gop[a:b - 1])
+            if len(change):
+                b = a + 1 + int(change[-1])
+        out.append((a, b))
+        a = b
+    return out
+
+
+def iter_frame_batches(vr, frames: np.ndarray, batch: int, path: Path | str = "video"):
+    """Yield ``(frame_indices, uint8 array n x H x W x 3)`` for sorted unique 0-based ``frames``,
+    at most ``batch`` frames per decord ``get_batch`` call (runs cut at keyframes, see
+    :func:`batch_bounds`).
+
+    After each batch the reader is rewound (``vr.seek(0)``), which stops decord's decoder
+    thread: left alone, it keeps decoding the packets its reader pushed ahead while the caller
+    works on the batch, up to the whole rest of the video held as RGB frames (decord issues
+    #157, #208). The next batch then restarts from its keyframe (exact: decord's
+    ``SeekAccurate``), so memory stays at one batch plus the decoder's own frames. As runs end
+    at keyframes, the restart re-decodes nothing unless a GOP is longer than ``batch`` frames.
+    """
+    frames = np.asarray(frames, np.int64)
+    try:
+        keys = vr.get_key_indices()
+    except RuntimeError:
+        keys = []
+    bounds = batch_bounds(frames, keys, batch)
+    for k, (a, b) in enumerate(bounds):
+        idx = frames[a:b]
+        try:
+            arr = _as_numpy(vr.get_batch(idx.tolist()))
+            if k + 1 < len(bounds):
+                vr.seek(0)
+        except RuntimeError as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DatasetError(f"decoding frames {int(idx[0]) + 1}..{int(idx[-1]) + 1} (1-based) of video "
+                               f"{path} failed ({msg}); the file is damaged: re-encode it (e.g. ffmpeg -i "
+                               f"in.mp4 -c:v libx264 out.mp4)") from None
+        yield idx, arr
+
+
+def clip_boxes(left, top, width, height, frame_w: int, frame_h: int):
+    """Integer pixel boxes ``(x0, y0, x1, y1)`` clipped to the frame, plus masks ``clipped``
+    (the box reached outside the frame) and ``outside`` (nothing of it is inside).
+
+    A box covers every pixel it touches: ``x0 = floor(left)``, ``x1 = ceil(left + width)``.
+    """
+    left, top = np.asarray(left, np.float64), np.asarray(top, np.float64)
+    x0 = np.floor(left).astype(np.int64)
+    y0 = np.floor(top).astype(np.int64)
+    x1 = np.ceil(left + np.asarray(width, np.float64)).astype(np.int64)
+    y1 = np.ceil(top + np.asarray(height, np.float64)).astype(np.int64)
+    clipped = (x0 < 0) | (y0 < 0) | (x1 > frame_w) | (y1 > frame_h)
+    box = np.stack([np.clip(x0, 0, frame_w), np.clip(y0, 0, frame_h),
+                    np.clip(x1, 0, frame_w), np.clip(y1, 0, frame_h)], axis=1)
+    outside = (box[:, 2] <= box[:, 0]) | (box[:, 3] <= box[:, 1])
+    return box, clipped & ~outside, outside
+
+
+def crop_resize(frame: np.ndarray, box, height: int, width: int, interpolation: str = "bicubic") -> Image.Image:
+    """Crop ``box`` = (x0, y0, x1, y1) out of an H x W x 3 uint8 frame and resize it to
+    ``height x width`` (PIL, antialiased)."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return Image.fromarray(np.ascontiguousarray(frame[y0:y1, x0:x1])).resize((width, height), _RESAMPLE[interpolation])
+
+
+# --------------------------------------------------------------------------------------------
+# planning
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Track:
+    cam: int              # 0-based position in the camera list
+    track_id: int
+    identity: str
+    frame0: np.ndarray    # sampled boxes: 0-based video frames, increasing
+    box: np.ndarray       # (L, 4) int64 x0, y0, x1, y1
+
+
+def _check_frames_in_video(cam: Camera, boxes: MotBoxes) -> None:
+    past = boxes.frame > cam.num_frames
+    if past.any():
+        i = int(np.flatnonzero(past)[0])
+        raise DatasetError(
+            f"box file {cam.boxes.name}, line {int(boxes.line[i])}: frame {int(boxes.frame[i])} is past the end "
+            f"of video {cam.video.name}, which has {cam.num_frames} frames (box frames are 1-based: "
+            f"1..{cam.num_frames}); {int(past.sum())} row(s) do this. The box file belongs to another or a "
+            f"longer version of the video: fix the box file or replace the video")
+
+
+def _check_duplicates(cam: Camera, boxes: MotBoxes) -> None:
+    order = np.lexsort((boxes.frame, boxes.track))
+    t, f = boxes.track[order], boxes.frame[order]
+    dup = (t[1:] == t[:-1]) & (f[1:] == f[:-1])
+    if dup.any():
+        k = int(np.flatnonzero(dup)[0])
+        a, b = sorted((int(boxes.line[order[k]]), int(boxes.line[order[k + 1]])))
+        raise DatasetError(
+            f"box file {cam.boxes.name}, lines {a} and {b}: track {int(t[k])} has two boxes in frame "
+            f"{int(f[k])}; a track has one box per frame (a detection file with track id -1 has no "
+            f"tracks: give tracker output or ground truth). Delete one of the rows")
+
+
+def _assign_pids(identities: list[str]) -> tuple[dict[str, int], bool]:
+    """identity -> pid; ``True`` if identities were renumbered 1..K."""
+    def as_int(s: str):
+        try:
+            return int(s)
+        except ValueError:
+            return None
+
+    ints = [as_int(s) for s in identities]
+    if all(v is not None and 1 <= v <= MAX_PID for v in ints) and len(set(ints)) == len(ints):
+        return {s: int(v) for s, v in zip(identities, ints)}, False
+    if len(identities) > MAX_PID:
+        raise DatasetError(f"{len(identities)} identities, but MARS names hold 4 identity digits (at most "
+                           f"{MAX_PID}); split the cameras over several datasets")
+    order = sorted(identities, key=lambda s: (0, as_int(s), s) if as_int(s) is not None else (1, 0, s))
+    return {s: i for i, s in enumerate(order, 1)}, True
+
+
+def _even_pieces(n: int, max_len: int) -> list[tuple[int, int]]:
+    """``ceil(n / max_len)`` consecutive ``[a, b)`` ranges covering 0..n, lengths differing by <= 1."""
+    k = -(-n // max_len)
+    bounds = [(i * n) // k for i in range(k + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(k)]
+
+
+def _choose_queries(tcam: np.ndarray, rng: np.random.Generator) -> list[int]:
+    """Query tracklets of one test identity (positions into ``tcam``): one per camera, as long as
+    every query keeps a non-query tracklet of the identity in another camera."""
+    cams, counts = np.unique(tcam, return_counts=True)
+    if len(cams) < 2:
+        return []
+    order = sorted(range(len(cams)), key=lambda i: (-int(counts[i]), int(cams[i])))
+    chosen: list[int] = []
+    for i in order:
+        trial = chosen + [i]
+        left = counts.copy()
+        left[trial] -= 1
+        if all(any(left[j] > 0 for j in range(len(cams)) if j != a) for a in trial):
+            chosen = trial
+    out = []
+    for i in sorted(chosen):
+        members = np.flatnonzero(tcam == cams[i])
+        out.append(int(members[int(rng.integers(len(members)))]))
+    return out
+
+
+def _split_identities(ids: list[str], multi: set[str], frac: float, rng: np.random.Generator) -> set[str]:
+    """The test identities: ``round(frac * n)`` of the multi-camera ones (at least one) and of the
+    single-camera ones, leaving at least one train identity."""
+    def pick(group: list[str], n: int) -> set[str]:
+        return set(group[i] for i in rng.permutation(len(group))[:n])
+
+    mult = [s for s in ids if s in multi]
+    single = [s for s in ids if s not in multi]
+    if not mult:
+        raise DatasetError(
+            f"no identity is seen by two or more cameras ({len(ids)} identities, each in one camera), so "
+            f"no query can have a match in another camera. The same person must carry one identity in "
+            f"every camera: without identities.csv, the same track id; with it, the same identity")
+    n_m = min(max(1, math.floor(frac * len(mult) + 0.5)), len(mult))
+    n_s = min(math.floor(frac * len(single) + 0.5), len(single))
+    if n_m + n_s == len(ids):             # keep a train identity
+        if n_s > 0:
+            n_s -= 1
+        elif n_m > 1:
+            n_m -= 1
+        else:
+            raise DatasetError(f"only {len(ids)} identity left after filtering; a train and a test split "
+                               f"need at least two identities")
+    return pick(mult, n_m) | pick(single, n_s)
+
+
+# --------------------------------------------------------------------------------------------
+# the builder
+# --------------------------------------------------------------------------------------------
+def build_mars_from_videos(src_root: str | os.PathLike, out_root: str | os.PathLike,
+                           cfg: VideoIngestConfig | None = None) -> dict:
+    """Build a MARS-layout dataset at ``out_root`` from the camera videos and box files in
+    ``src_root`` (see the module docstring); ``psta.data.read_mars(out_root)`` reads it.
+
+    ``out_root`` is replaced atomically: on any error nothing is left there (an existing one
+    is kept unchanged). Bad input raises :class:`DatasetError` naming the file (and line).
+
+    Returns stats: ``cameras`` (per camera: video, frames, boxes, frames decoded, crops),
+    ``boxes`` / ``tracks`` / ``identities`` (read and what each filter dropped), ``splits``
+    (train / query / gallery: identities, tracks, tracklets, frames), ``pids``
+    (identity -> pid), ``config``.
+    """
+    cfg = cfg or VideoIngestConfig()
+    cfg.validate()
+    src, out = Path(src_root), Path(out_root)
+    cams = find_cameras(src)
+    rs, ro = src.resolve(), out.resolve()
+    if ro == rs or ro in rs.parents:
+        raise DatasetError(f"output root {out} would replace data.root {src} (or a folder holding it); "
+                           f"write the MARS tree somewhere else")
+
+    idfile = src / IDENTITIES_FILE
+    idmap = None
+    if idfile.is_file():
+        spellings = {c.name: c.name for c in cams} | {c.video.name: c.name for c in cams}
+        idmap = read_identities(idfile, spellings, display=str(idfile))
+
+    # ---- read and check every input before any decoding
+    per_cam: list[MotBoxes] = []
+    for cam in cams:
+        cam.num_frames, cam.frame_height, cam.frame_width = probe_video(cam.video)
+        boxes = read_mot_boxes(cam.boxes, display=str(cam.boxes))
+        _check_frames_in_video(cam, boxes)
+        per_cam.append(boxes)
+
+    bstats = dict(read=0, ignored_zero_conf=0, unlabelled=0, outside_frame=0, clipped=0,
+                  not_sampled=0, in_short_tracks=0, written=0)
+    tstats = dict(read=0, unlabelled=0, outside_frame=0, dropped_short=0, kept=0)
+    tracks: list[_Track] = []
+    seen_ids: dict[str, list[str]] = {}          # identity -> why its tracks were dropped
+    seen_keys: set[tuple[str, int]] = set()
+    cam_stats = []
+    for ci, (cam, boxes) in enumerate(zip(cams, per_cam)):
+        bstats["read"] += len(boxes)
+        cam_stats.append({"camera": cam.camid, "name": cam.name, "video": cam.video.name,
+                          "box_file": cam.boxes.name, "video_frames": cam.num_frames,
+                          "frame_size": [cam.frame_height, cam.frame_width], "boxes": len(boxes),
+                          "frames_decoded": 0, "crops": 0})
+        if cfg.skip_zero_conf:
+            ign = boxes.conf == 0
+            bstats["ignored_zero_conf"] += int(ign.sum())
+            boxes = boxes.take(~ign)
+        _check_duplicates(cam, boxes)
+        box, clipped, outside = clip_boxes(boxes.left, boxes.top, boxes.width, boxes.height,
+                                           cam.frame_width, cam.frame_height)
+        for tid in np.unique(boxes.track):
+            tid = int(tid)
+            seen_keys.add((cam.name, tid))
+            tstats["read"] += 1
+            m = np.flatnonzero(boxes.track == tid)
+            if idmap is not None:
+                if (cam.name, tid) not in idmap:
+                    tstats["unlabelled"] += 1
+                    bstats["unlabelled"] += len(m)
+                    continue
+                ident = idmap[(cam.name, tid)][0]
+            else:
+                ident = str(tid)
+            why = seen_ids.setdefault(ident, [])
+            bstats["clipped"] += int(clipped[m].sum())
+            bstats["outside_frame"] += int(outside[m].sum())
+            m = m[~outside[m]]
+            if len(m) == 0:
+                tstats["outside_frame"] += 1
+                why.append(f"track {tid} of {cam.name}: every box outside the frame")
+                continue
+            m = m[np.argsort(boxes.frame[m], kind="stable")]
+            s = m[::cfg.frame_stride]
+            bstats["not_sampled"] += len(m) - len(s)
+            if len(s) < cfg.min_tracklet_len:
+                tstats["dropped_short"] += 1
+                bstats["in_short_tracks"] += len(s)
+                why.append(f"track {tid} of {cam.name}: {len(s)} sampled frame(s) < min_tracklet_len "
+                           f"{cfg.min_tracklet_len}")
+                continue
+            tstats["kept"] += 1
+            tracks.append(_Track(ci, tid, ident, boxes.frame[s] - 1, box[s]))
+
+    if idmap is not None:
+        for (cname, tid), (ident, line) in sorted(idmap.items(), key=lambda kv: kv[1][1]):
+            if (cname, tid) not in seen_keys:
+                raise DatasetError(
+                    f"{idfile}, line {line}: track {tid} of camera {cname} (identity {ident!r}) has no box "
+                    f"in {cname}.txt" + (" (rows with conf 0 are ignored)" if cfg.skip_zero_conf else "")
+                    + "; fix the track id or delete the row")
+
+    kept_ids = sorted({t.identity for t in tracks})
+    empty = sorted(set(seen_ids) - set(kept_ids))
+    if empty and cfg.on_empty_identity == "error":
+        shown = "; ".join(f"{s!r} ({', '.join(seen_ids[s][:2])})" for s in empty[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise DatasetError(
+            f"{len(empty)} identit{'y has' if len(empty) == 1 else 'ies have'} no frames left after "
+            f"filtering: {shown}{more}. Lower min_tracklet_len (now {cfg.min_tracklet_len}) or "
+            f"frame_stride (now {cfg.frame_stride}), fix their boxes, remove them from the box files "
+            f"/ identities.csv, or set on_empty_identity: drop to drop them (counted in the stats)")
+    if not kept_ids:
+        raise DatasetError(f"no track of the box files in {src} is left after filtering; see the "
+                           f"min_tracklet_len / frame_stride settings and the boxes")
+
+    # ---- tracklets, identities, split
+    pids, renumbered = _assign_pids(kept_ids)
+    tracks.sort(key=lambda t: (pids[t.identity], t.cam, t.track_id, int(t.frame0[0])))
+    tl_track, tl_a, tl_b = [], [], []
+    for k, t in enumerate(tracks):
+        for a, b in _even_pieces(len(t.frame0), cfg.max_tracklet_len):
+            tl_track.append(k); tl_a.append(a); tl_b.append(b)
+    tl_track, tl_a, tl_b = np.array(tl_track), np.array(tl_a), np.array(tl_b)
+    tl_len = tl_b - tl_a
+    tl_pid = np.array([pids[tracks[k].identity] for k in tl_track], np.int64)
+    tl_cam = np.array([tracks[k].cam + 1 for k in tl_track], np.int64)     # MARS camera = camid (1-based)
+
+    id_cams = {s: set() for s in kept_ids}
+    for t in tracks:
+        id_cams[t.identity].add(t.cam)
+    multi = {s for s, c in id_cams.items() if len(c) >= 2}
+    rng = np.random.default_rng([cfg.seed, 4242])
+    test_ids = _split_identities(kept_ids, multi, cfg.test_fraction, rng)
+    test_pids = np.array(sorted(pids[s] for s in test_ids), np.int64)
+    is_test = np.isin(tl_pid, test_pids)
+    is_query = np.zeros(len(tl_pid), bool)
+    for p in test_pids:
+        members = np.flatnonzero(tl_pid == p)
+        for q in _choose_queries(tl_cam[members], rng):
+            is_query[members[q]] = True
+
+    # ---- MARS names (the synthetic generator's writer)
+    splits = {}
+    for name, sel in (("train", np.flatnonzero(~is_test)), ("test", np.flatnonzero(is_test))):
+        tnum = _track_numbers(tl_pid[sel], tl_cam[sel])
+        if len(tnum) and tnum.max() > MAX_TRACKLETS_PER_CAMERA:
+            i = int(np.argmax(tnum))
+            raise DatasetError(f"identity with pid {int(tl_pid[sel][i])} has more than {MAX_TRACKLETS_PER_CAMERA} "
+                               f"tracklets in camera {int(tl_cam[sel][i])}, more than MARS names can number; "
+                               f"raise max_tracklet_len or frame_stride")
+        splits[name] = {"pid": tl_pid[sel], "cam": tl_cam[sel], "tnum": tnum, "length": tl_len[sel], "tl": sel}
+
+    cam_jobs: list[list] = [[] for _ in cams]    # per camera: (frame0 array, box array, path list)
+    with atomic_dir(out) as tmp:
+        info = _write_mars_info(tmp, splits["train"], splits["test"], is_query[splits["test"]["tl"]])
+        folders = set()
+        for name, folder in (("train", "bbox_train"), ("test", "bbox_test")):
+            s = info[name]
+            names = s["lines"][:, :19].copy().view("S19").ravel().astype("U19")
+            for i, k in enumerate(s["tl"]):
+                t = tracks[int(tl_track[k])]
+                a, b, st = int(tl_a[k]), int(tl_b[k]), int(s["starts"][i])
+                sub = f"{folder}/{names[st][:4]}"
+                folders.add(sub)
+                cam_jobs[t.cam].append((t.frame0[a:b], t.box[a:b], [f"{sub}/{n}" for n in names[st:st + b - a]]))
+        for sub in sorted(folders):
+            (tmp / sub).mkdir(parents=True, exist_ok=True)
+        for ci, cam in enumerate(cams):
+            if not cam_jobs[ci]:
+                continue
+            frame0 = np.concatenate([j[0] for j in cam_jobs[ci]])
+            box = np.concatenate([j[1] for j in cam_jobs[ci]])
+            paths = [p for j in cam_jobs[ci] for p in j[2]]
+            order = np.argsort(frame0, kind="stable")
+            frame0, box = frame0[order], box[order]
+            uniq = np.unique(frame0)
+            vr = _open_video(cam.video)
+            pos = 0
+            batch = frames_per_batch(cfg.decode_batch, cfg.decode_batch_mb, cam.frame_height, cam.frame_width)
+            for idx, arr in iter_frame_batches(vr, uniq, batch, cam.video):
+                end = int(np.searchsorted(frame0, idx[-1], side="right"))
+                slot = np.searchsorted(idx, frame0[pos:end])
+                for j in range(pos, end):
+                    crop_resize(arr[slot[j - pos]], box[j], cfg.height, cfg.width, cfg.interpolation).save(
+                        tmp / paths[order[j]], format="JPEG", quality=cfg.jpeg_quality)
+                pos = end
+            del vr
+            cam_stats[ci]["frames_decoded"] = int(len(uniq))
+            cam_stats[ci]["crops"] = int(len(frame0))
+            bstats["written"] += int(len(frame0))
+
+    # ---- stats
+    def split_stats(mask: np.ndarray) -> dict:
+        return {"identities": int(len(np.unique(tl_pid[mask]))),
+                "tracks": int(len(np.unique(tl_track[mask]))),
+                "tracklets": int(mask.sum()), "frames": int(tl_len[mask].sum())}
+
+    single_test = sorted(pids[s] for s in test_ids if s not in multi)
+    return {
+        "source": str(src),
+        "root": str(out),
+        "num_cameras": len(cams),
+        "cameras": cam_stats,
+        "identity_source": IDENTITIES_FILE if idmap is not None else "track ids",
+        "boxes": bstats,
+        "tracks": tstats,
+        "identities": {
+            "read": len(seen_ids), "kept": len(kept_ids), "dropped": len(empty), "dropped_names": empty,
+            "train": len(kept_ids) - len(test_ids), "test": len(test_ids),
+            "test_single_camera": len(single_test), "test_single_camera_pids": single_test,
+            "renumbered": renumbered,
+        },
+        "splits": {"train": split_stats(~is_test), "query": split_stats(is_query),
+                   "gallery": split_stats(is_test & ~is_query)},
+        "tracklets": int(len(tl_pid)),
+        "frames": int(tl_len.sum()),
+        "pids": {s: pids[s] for s in kept_ids},
+        "config": cfg.to_dict(),
+    }
