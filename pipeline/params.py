@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from psta.data.videos import VideoIngestConfig
 from psta.engine.trainer import TrainConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -30,7 +31,8 @@ class ParamsError(ValueError):
 class DataParams:
     source: Literal["synthetic", "mars", "duke", "videos"] = "synthetic"
     # the dataset folder itself (holding bbox_train/ and info/ for MARS, train/ query/ gallery/
-    # for Duke); for source=synthetic the generated tree is written here (under data/raw/)
+    # for Duke, <camera>.mp4 + <camera>.txt for videos); for synthetic, where the generated
+    # tree goes (under data/raw/)
     root: str = "data/raw/MARS"
     on_bad_frame: Literal["error", "skip"] = "error"
 
@@ -128,6 +130,8 @@ class RetrainParams:
 class Params:
     data: DataParams = field(default_factory=DataParams)
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    # data.source=videos: psta.data.videos' own config, one definition of every knob
+    videos: VideoIngestConfig = field(default_factory=VideoIngestConfig)
     model: ModelParams = field(default_factory=ModelParams)
     cache: CacheParams = field(default_factory=CacheParams)
     augment: AugmentParams = field(default_factory=AugmentParams)

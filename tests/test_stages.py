@@ -79,3 +79,19 @@ def test_users_mars_copy_with_a_bad_frame_error_then_skip(workspace):
     assert not index.frames.path.str.endswith(bad.name).any()
     source = json.loads((workspace.path / "data/raw/SOURCE.json").read_text())
     assert source["root"] == str(root)
+
+
+def test_videos_source_runs_ingest_and_index_unchanged(workspace):
+    from tests.test_videos import CFG, make_source
+
+    src = make_source(workspace.path / "cameras")
+    workspace.write_params({"data": {"source": "videos", "root": str(src)}, "videos": CFG.to_dict()})
+    workspace.run("ingest")
+    workspace.run("index")
+    ingest_stats = json.loads((workspace.path / "data/ingest/stats.json").read_text())
+    built = ingest_stats["planted"]["splits"]
+    index = read_index(workspace.path / "data/index")
+    for split in ("train", "query", "gallery"):
+        assert (index.tracklets.split == split).sum() == built[split]["tracklets"]
+    assert ingest_stats["layout"] == "mars" and ingest_stats["bad_frames"] == 0
+    assert (workspace.path / "data/raw/MARS/info/query_IDX.mat").exists()

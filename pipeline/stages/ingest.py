@@ -1,6 +1,7 @@
 """ingest: bring the raw dataset into reach and write a validated frame manifest.
 
 synthetic -> generate the tree (MARS or Duke layout) under data/raw/;
+videos -> cut the user's camera videos + box files into a MARS tree under data/raw/MARS;
 mars / duke -> read the user's copy in place at data.root.
 Either way every frame file is checked, and the manifest lists one row per frame.
 """
@@ -17,8 +18,14 @@ from pipeline.stage import log_files, log_numbers, stage_run, stage_task
 from psta.atomic import atomic_dir
 
 
+VIDEO_TRACKLETS = paths.RAW / "MARS"
+
+
 def dataset_root(params: Params) -> Path:
+    """Where the MARS/Duke tree the readers see lives."""
     root = Path(params.data.root)
+    if params.data.source == "videos":
+        return VIDEO_TRACKLETS
     if params.data.source == "synthetic":
         try:
             root.resolve().relative_to(paths.RAW.resolve())
@@ -27,13 +34,11 @@ def dataset_root(params: Params) -> Path:
                 f"params.yaml: data.root={params.data.root!r} must lie under {paths.RAW}/ when "
                 "data.source is synthetic (the generated tree is a DVC output there)"
             ) from None
-    elif params.data.source == "videos":
-        raise ParamsError("params.yaml: data.source=videos is not available yet; use synthetic, mars or duke")
     return root
 
 
 def layout_of(params: Params) -> str:
-    return params.synthetic.layout if params.data.source == "synthetic" else params.data.source
+    return {"synthetic": params.synthetic.layout, "videos": "mars"}.get(params.data.source, params.data.source)
 
 
 @stage_task
@@ -41,6 +46,13 @@ def generate_synthetic(params: Params, root: Path) -> dict:
     from psta.data import GENERATORS
 
     return GENERATORS[params.synthetic.layout](root, params.synthetic.config())
+
+
+@stage_task
+def tracklets_from_videos(params: Params, out_root: Path) -> dict:
+    from psta.data.videos import build_mars_from_videos
+
+    return build_mars_from_videos(params.data.root, out_root, params.videos)
 
 
 @stage_task
@@ -64,8 +76,13 @@ def ingest(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     root = dataset_root(params)
     layout = layout_of(params)
-    with stage_run("ingest", params, ("data", "synthetic")):
-        planted = generate_synthetic(params, root) if params.data.source == "synthetic" else None
+    sections = {"synthetic": ("data", "synthetic"), "videos": ("data", "videos")}.get(params.data.source, ("data",))
+    with stage_run("ingest", params, sections):
+        planted = None
+        if params.data.source == "synthetic":
+            planted = generate_synthetic(params, root)
+        elif params.data.source == "videos":
+            planted = tracklets_from_videos(params, root)
         raw = read_raw(layout, root)
         ok_mask, bad = check_frames(root, raw, params.data.on_bad_frame)
         info = {"source": params.data.source, "layout": layout, "root": str(root)}
@@ -82,7 +99,7 @@ def ingest(params_path: str = "params.yaml") -> dict:
             write_manifest(raw, ok_mask, out / paths.MANIFEST.name)
             (out / paths.DATASET_INFO.name).write_text(json.dumps(info, indent=2) + "\n")
             (out / paths.INGEST_STATS.name).write_text(json.dumps(stats, indent=2) + "\n")
-        if params.data.source != "synthetic":
+        if params.data.source in ("mars", "duke"):
             # data/raw is a declared out; for a user's own copy it only records where the data is
             with atomic_dir(paths.RAW) as out:
                 (out / "SOURCE.json").write_text(json.dumps(info, indent=2) + "\n")
