@@ -49,3 +49,16 @@ def test_digest_changes_only_with_the_named_sections():
     b = parse_params({"synthetic": {"seed": 2}})
     assert a.digest("data") == b.digest("data")
     assert a.digest("synthetic") != b.digest("synthetic")
+
+
+@pytest.mark.parametrize("name", ["paper_mars", "paper_duke"])
+def test_paper_configs_are_complete_and_hold_the_recipe(name):
+    path = REPO / "configs" / f"{name}.yaml"
+    params = load_params(path)
+    raw = yaml.safe_load(path.read_text())
+    assert set(raw) == set(Params.__dataclass_fields__)
+    assert params.data.source == name.split("_")[1]
+    assert (params.model.backbone, params.model.pretrained) == ("resnet50", "imagenet")
+    assert (params.model.height, params.model.width, params.model.seq_len) == (256, 128, 8)
+    assert params.train.epochs == 500 and params.train.milestones == (70, 140, 210, 310, 410)
+    assert params.train.batch_size == 32 and params.train.num_instances == 4
