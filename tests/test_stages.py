@@ -95,3 +95,28 @@ def test_videos_source_runs_ingest_and_index_unchanged(workspace):
         assert (index.tracklets.split == split).sum() == built[split]["tracklets"]
     assert ingest_stats["layout"] == "mars" and ingest_stats["bad_frames"] == 0
     assert (workspace.path / "data/raw/MARS/info/query_IDX.mat").exists()
+
+
+def test_train_stage_under_torchrun_ddp(workspace):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    workspace.write_params({"train": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 8, "num_workers": 0,
+                                      "val_fraction": 0.0, "eval_every": 0}})
+    for stage in ("ingest", "index", "cache"):
+        workspace.run(stage)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "pipeline", "train"],
+                          cwd=workspace.path, env=workspace.env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (state,) = (workspace.path / "data/train").glob("*/checkpoint.pt")
+    checkpoint = torch.load(state, weights_only=True)
+    assert checkpoint["world_size"] == 2 and checkpoint["global_step"] == 2
+    assert (workspace.path / "data/models/model.pt").exists()
+    client = mlflow.MlflowClient(workspace.env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("psta")
+    train_runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
+    assert [run.info.status for run in train_runs] == ["FINISHED"]  # rank 0's run alone
