@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
 
     from pipeline.params import ParamsError, load_params
+    from psta.data.cache import CacheError
     from psta.errors import DatasetError
+    from psta.model import PretrainedWeightsError
+
+    user_errors = (ParamsError, DatasetError, CacheError, PretrainedWeightsError)
 
     try:
         load_params(args.params)  # fail on bad params before a flow (and its server) starts
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         module = importlib.import_module(f"pipeline.stages.{args.stage}")
         module.flow_entry(params_path=args.params)
-    except (ParamsError, DatasetError) as err:
+    except user_errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -120,3 +120,14 @@ def test_train_stage_under_torchrun_ddp(workspace):
     experiment = client.get_experiment_by_name("psta")
     train_runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
     assert [run.info.status for run in train_runs] == ["FINISHED"]  # rank 0's run alone
+
+
+def test_missing_imagenet_weights_fail_before_training_and_say_where_to_put_them(workspace, tmp_path):
+    workspace.write_params({"model": {"pretrained": "imagenet"}})
+    workspace.env["TORCH_HOME"] = str(tmp_path / "torch-home")
+    proc = workspace.run("train", check=False)
+    assert proc.returncode == 2
+    message = proc.stderr.strip().splitlines()[-1]
+    assert str(tmp_path / "torch-home" / "hub" / "checkpoints") in message
+    assert "resnet18-f37072fd.pth" in message
+    assert not (workspace.path / "data").exists()
