@@ -51,7 +51,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
     from psta.model import build_model, load_checkpoint
 
     params = load_params(params_path)
-    with stage_run("evaluate", params, ("evaluate",)):
+    with stage_run("evaluate", params, ("evaluate",)):  # + model.seq_len/pretrained, train.seed (dvc.yaml)
         index = read_index(paths.INDEX)
         dataset = index.stats["dataset"]
         protocols = PROTOCOLS[dataset]
