@@ -11,11 +11,14 @@ from tests.conftest import TINY_PARAMS
 pytestmark = pytest.mark.slow  # each test runs real stage processes against a Prefect server
 
 
-def stage_runs(ws):
+def search_runs(ws, filter_string=""):
     client = mlflow.MlflowClient(ws.env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("psta")
-    runs = client.search_runs([experiment.experiment_id])
-    return {run.data.tags["stage"]: run for run in runs}
+    return client.search_runs([experiment.experiment_id], filter_string)
+
+
+def stage_runs(ws):
+    return {run.data.tags["stage"]: run for run in search_runs(ws)}
 
 
 def test_ingest_then_index_write_the_index_and_log_to_mlflow(workspace):
@@ -116,9 +119,7 @@ def test_train_stage_under_torchrun_ddp(workspace):
     checkpoint = torch.load(state, weights_only=True)
     assert checkpoint["world_size"] == 2 and checkpoint["global_step"] == 2
     assert (workspace.path / "data/models/model.pt").exists()
-    client = mlflow.MlflowClient(workspace.env["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("psta")
-    train_runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
+    train_runs = search_runs(workspace, "tags.stage = 'train'")
     assert [run.info.status for run in train_runs] == ["FINISHED"]  # rank 0's run alone
 
 
