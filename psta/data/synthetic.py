@@ -495,6 +495,29 @@ def _identity_tracklets(rng, cfg: SyntheticConfig, ncam: int, pid: int):
     return cams, per
 
 
+def _mars_planted(info: dict, root, seed: int, ncam: int) -> dict:
+    """What a MARS tree holds, per split, as the index should find it (queries, gallery w/o junk)."""
+    te = info["test"]
+    q, junk, dis = te["query"], te["pid"] == -1, te["pid"] == 0
+    gal = ~q & ~junk
+    return {
+        "dataset": "mars",
+        "root": str(root),
+        "seed": seed,
+        "num_cameras": ncam,
+        "splits": {
+            "train": _counts(info["train"]["pid"], info["train"]["length"]),
+            "query": _counts(te["pid"][q], te["length"][q]),
+            "gallery": _counts(te["pid"][gal], te["length"][gal]),
+        },
+        "test_tracklets": int(len(te["pid"])),
+        "junk_tracklets": int(junk.sum()),
+        "junk_frames": int(te["length"][junk].sum()),
+        "distractor_tracklets": int(dis.sum()),
+        "files": int(info["train"]["length"].sum() + te["length"].sum()),
+    }
+
+
 def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *,
                   workers: int | None = None) -> dict:
     """Write a synthetic dataset in the exact MARS layout under ``root`` (atomically).
@@ -557,25 +580,7 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
             for name, data in zip(fnames, frames):
                 (d / name).write_bytes(data)
 
-    te = info["test"]
-    q, junk, dis = te["query"], te["pid"] == -1, te["pid"] == 0
-    gal = ~q & ~junk
-    return {
-        "dataset": "mars",
-        "root": str(root),
-        "seed": cfg.seed,
-        "num_cameras": ncam,
-        "splits": {
-            "train": _counts(info["train"]["pid"], info["train"]["length"]),
-            "query": _counts(te["pid"][q], te["length"][q]),
-            "gallery": _counts(te["pid"][gal], te["length"][gal]),
-        },
-        "test_tracklets": int(len(te["pid"])),
-        "junk_tracklets": int(junk.sum()),
-        "junk_frames": int(te["length"][junk].sum()),
-        "distractor_tracklets": int(dis.sum()),
-        "files": int(info["train"]["length"].sum() + te["length"].sum()),
-    }
+    return _mars_planted(info, root, cfg.seed, ncam)
 
 
 # --------------------------------------------------------------------------------------------
@@ -801,22 +806,4 @@ def write_mars_metadata(root: str | os.PathLike, seed: int = 0, scale: MarsScale
             "length": _exact_lengths(rng, len(te_pid), sc.test_frames, sc.min_len, sc.max_len, 3.6)}
     root = Path(root)
     info = _write_mars_info(root, train, test, te_q)
-    te = info["test"]
-    q, junk, dis = te["query"], te["pid"] == -1, te["pid"] == 0
-    gal = ~q & ~junk
-    return {
-        "dataset": "mars",
-        "root": str(root),
-        "seed": seed,
-        "num_cameras": ncam,
-        "splits": {
-            "train": _counts(info["train"]["pid"], info["train"]["length"]),
-            "query": _counts(te["pid"][q], te["length"][q]),
-            "gallery": _counts(te["pid"][gal], te["length"][gal]),
-        },
-        "test_tracklets": int(len(te["pid"])),
-        "junk_tracklets": int(junk.sum()),
-        "junk_frames": int(te["length"][junk].sum()),
-        "distractor_tracklets": int(dis.sum()),
-        "files": int(info["train"]["length"].sum() + te["length"].sum()),
-    }
+    return _mars_planted(info, root, seed, ncam)
