@@ -81,3 +81,14 @@ def check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def as_feature_pair(q: Any, g: Any) -> tuple[np.ndarray, np.ndarray, type]:
+    """Validated query and gallery features and the dtype to compute in (float64 only if both are)."""
+    qa = as_features(q, "query features (q)")
+    ga = as_features(g, "gallery features (g)")
+    if qa.shape[1] != ga.shape[1]:
+        raise ValueError(f"feature dimensions differ: query features (q) have {qa.shape[1]} "
+                         f"columns, gallery features (g) {ga.shape[1]}; embed both with the same model")
+    dtype = np.float64 if (qa.dtype == np.float64 and ga.dtype == np.float64) else np.float32
+    return qa, ga, dtype

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ._validate import as_features, check_positive_int, to_numpy
+from ._validate import as_feature_pair, check_positive_int, to_numpy
 
 METRICS = ("cosine", "euclidean")
 
@@ -134,12 +134,7 @@ def pairwise_distance(q: Any, g: Any, metric: str = "cosine", chunk_size: int = 
             raise ValueError(f"feature dimensions differ: query features have {q.shape[1]} "
                              f"columns, gallery features {g_t.shape[1]}; embed both with the same model")
         return _torch_cuda_distance(q, g_t, metric, squared, chunk_size)
-    qa = as_features(q, "query features (q)")
-    ga = as_features(g, "gallery features (g)")
-    if qa.shape[1] != ga.shape[1]:
-        raise ValueError(f"feature dimensions differ: query features (q) have {qa.shape[1]} "
-                         f"columns, gallery features (g) {ga.shape[1]}; embed both with the same model")
-    dtype = np.float64 if (qa.dtype == np.float64 and ga.dtype == np.float64) else np.float32
+    qa, ga, dtype = as_feature_pair(q, g)
     rows = DistanceRows(ga, metric, squared, dtype=dtype)
     out = np.empty((qa.shape[0], ga.shape[0]), dtype=dtype)
     for a in range(0, qa.shape[0], chunk_size):

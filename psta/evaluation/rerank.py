@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._topk import smallest_k
-from ._validate import as_features, check_positive_int
+from ._validate import as_feature_pair, check_positive_int
 from .distance import DistanceRows, _check_metric
 
 __all__ = ["re_rank"]
@@ -78,12 +78,7 @@ def re_rank(q: Any, g: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     if not 0.0 <= float(lambda_value) <= 1.0:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
-    qa = as_features(q, "query features (q)")
-    ga = as_features(g, "gallery features (g)")
-    if qa.shape[1] != ga.shape[1]:
-        raise ValueError(f"feature dimensions differ: q has {qa.shape[1]} columns, g "
-                         f"{ga.shape[1]}; embed both with the same model")
-    dtype = np.float64 if (qa.dtype == np.float64 and ga.dtype == np.float64) else np.float32
+    qa, ga, dtype = as_feature_pair(q, g)
     feats = np.concatenate([qa.astype(dtype, copy=False), ga.astype(dtype, copy=False)])
     nq, ng = qa.shape[0], ga.shape[0]
     N = nq + ng
