@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt-every", type=int, default=0)
     p.add_argument("--resume", default="auto")
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--device", default="cpu", help="cpu (gloo under torchrun) | cuda (nccl)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block-after", type=int, default=0)
     p.add_argument("--save-weights", action="store_true", help="each rank writes weights_rank<r>.pt")
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
                           block_after=args.block_after, block_file=str(out / "blocked"))
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, num_instances=2, num_workers=0,
                       max_steps_per_epoch=args.steps, warmup_epochs=1, milestones=(1,), seed=args.seed,
-                      precision=args.precision, deterministic=True, progress=False,
+                      precision=args.precision, device=args.device, deterministic=args.device == "cpu", progress=False,
                       checkpoint_every_steps=args.ckpt_every, resume=args.resume, lr=1e-3)
     metrics = []
     result = train(cfg, model, data, out, on_epoch_end=lambda e, m: metrics.append(m),
