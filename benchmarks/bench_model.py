@@ -7,7 +7,8 @@ Training step = forward + backward (sum of cross-entropy over the pyramid levels
 term) on ``clips`` x 8 frames x 256 x 128 with resnet50, 625 classes. Configurations:
 
   (a) loop     fp32, contiguous (NCHW), STAM frame pairs processed one by one in Python
-               (the reference implementation's structure, written here as ``loop_psta_forward``)
+               (the reference implementation's structure: ``tests.psta_oracle.OraclePSTA``, the
+               oracle the model tests compare against)
   (b) batched  fp32, channels_last, all pairs of a level in one batched pass (psta.model)
   (c) batched  bf16 autocast, channels_last
   (d) inference only: (c) on ``prepare_for_inference(model, bf16)`` (BatchNorms folded into the
@@ -21,7 +22,6 @@ Writes benchmarks/results/model.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -40,73 +40,9 @@ from psta.model import (
     prepare_for_inference,
     to_channels_last,
 )
+from tests.psta_oracle import OraclePSTA
 
 RESULTS = Path(__file__).resolve().parent / "results" / "model.json"
-
-
-# --- the plain per-pair loop version (reference structure), on the same modules / weights -------
-def loop_tra(tra, fmap, flat, vect, embed):
-    b, t, c, h, w = fmap.shape
-    gamma = tra.gamma_temporal(flat).view(b, t, -1, h * w)
-    beta = tra.beta_temporal(flat).view(b, t, -1, h * w)
-    theta = tra.theta_channel(vect.permute(0, 2, 1))
-    out = []
-    for i in range(0, t, 2):
-        j = i + 1
-        a_i = tra.channel_para(torch.cat((theta[:, :, i], theta[:, :, j]), 1)).view(b, -1, 1, 1)
-        a_j = tra.channel_para(torch.cat((theta[:, :, j], theta[:, :, i]), 1)).view(b, -1, 1, 1)
-        r_ij = torch.matmul(gamma[:, i].permute(0, 2, 1), beta[:, j])
-        r_ji = torch.matmul(gamma[:, j].permute(0, 2, 1), beta[:, i])
-        in_ij, out_ij = r_ij.permute(0, 2, 1).reshape(b, h * w, h, w), r_ij.reshape(b, h * w, h, w)
-        in_ji, out_ji = r_ji.permute(0, 2, 1).reshape(b, h * w, h, w), r_ji.reshape(b, h * w, h, w)
-        g0 = tra.gg_temporal(torch.cat((in_ij, out_ji), 1))
-        alpha = tra.te_para(torch.cat((tra.tte_para(torch.cat((embed[:, i], embed[:, j]), 1)), g0), 1))
-        g1 = tra.gg_temporal(torch.cat((in_ji, out_ij), 1))
-        beta_ = tra.te_para(torch.cat((tra.tte_para(torch.cat((embed[:, j], embed[:, i]), 1)), g1), 1))
-        out.append(torch.relu((a_i * alpha) * fmap[:, i] + (a_j * beta_) * fmap[:, j]) ** 2)
-    return torch.stack(out, 1)
-
-
-def loop_sra(sra, fmap, flat, vect, embed, aggregated):
-    b, t, c, h, w = fmap.shape
-    phi = sra.alphi_appearance(flat).view(b * t, -1, h * w)
-    delta = sra.delta_appearance(flat).view(b * t, -1, h * w)
-    r = torch.matmul(phi.permute(0, 2, 1), delta)
-    joint = torch.cat((r.permute(0, 2, 1).reshape(b * t, h * w, h, w), r.reshape(b * t, h * w, h, w)), 1)
-    s = sra.spa_para(torch.cat((embed.reshape(b * t, -1, h, w), sra.gg_spatial(joint)), 1)).view(b, t, 1, h, w)
-    out = []
-    for i in range(0, t, 2):
-        c_i = sra.app_channel(vect[:, i]).view(b, -1, 1, 1)
-        c_j = sra.app_channel(vect[:, i + 1]).view(b, -1, 1, 1)
-        pair = (c_i * s[:, i]) * fmap[:, i] + (c_j * s[:, i + 1]) * fmap[:, i + 1]
-        out.append(aggregated[:, i // 2] + torch.relu(pair))
-    return torch.stack(out, 1)
-
-
-def loop_stam(stam, fmap):
-    b, t, c, h, w = fmap.shape
-    flat = fmap.reshape(b * t, c, h, w)
-    vect = F.adaptive_avg_pool2d(flat, 1).view(b, t, c)
-    embed = stam.Embeding(flat).view(b, t, -1, h, w)
-    agg = loop_tra(stam.TRAG, fmap, flat, vect, embed)
-    agg = loop_sra(stam.SRAG, fmap, flat, vect, embed, agg)
-    return stam.conv_block(agg.reshape(b * (t // 2), c, h, w)).view(b, t // 2, c, h, w)
-
-
-def loop_psta_forward(model, x):
-    """PSTA forward with per-pair Python loops (same outputs as ``model(x)``)."""
-    b, t = x.shape[:2]
-    fmap = model.down_channel(model.base(x.reshape(b * t, *x.shape[2:])))
-    fmap = fmap.view(b, t, *fmap.shape[1:])
-    gs, feats = [], []
-    for stam in model.levels:
-        fmap = loop_stam(stam, fmap)
-        gs.append(F.adaptive_avg_pool2d(fmap.mean(1), 1).view(b, -1))
-        feats.append(torch.stack(gs, 1).mean(1))
-    bn = [model.bottleneck[k](f) for k, f in enumerate(feats)]
-    if not model.training:
-        return bn[-1]
-    return [model.classifier[k](f) for k, f in enumerate(bn)], bn
 
 
 # --- measurement ---------------------------------------------------------------------------------
@@ -277,9 +213,11 @@ def main(argv=None) -> dict:
     gate = QuietGate(args.quiet_threshold, args.quiet_wait, args.quiet_budget)
 
     torch.manual_seed(0)
-    ref = build_model("psta", 625, seq_len=args.seq_len, height=args.height, width=args.width,
-                      backbone=args.backbone)
-    fast = to_channels_last(copy.deepcopy(ref))
+    ref = OraclePSTA(625, seq_len=args.seq_len, height=args.height, width=args.width, backbone=args.backbone)
+    fast = build_model("psta", 625, seq_len=args.seq_len, height=args.height, width=args.width,
+                       backbone=args.backbone)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    to_channels_last(fast)
     # clips with clearly different statistics, so that the BNNecks' batch statistics in train
     # mode are well conditioned and the output comparisons meaningful
     scale = torch.linspace(0.5, 1.5, args.clips).view(-1, 1, 1, 1, 1)
@@ -296,7 +234,7 @@ def main(argv=None) -> dict:
     ref.train(), fast.train()
     pre_ref, pre_fast = capture_pre_bnneck(ref), capture_pre_bnneck(fast)
     train_steps = {
-        "a_loop_fp32": make_train_step(lambda v: loop_psta_forward(ref, v), ref, x, labels, None, pre_ref),
+        "a_loop_fp32": make_train_step(ref, ref, x, labels, None, pre_ref),
         "b_batched_fp32_cl": make_train_step(fast, fast, x, labels, None, pre_fast),
         "c_batched_bf16_cl": make_train_step(fast, fast, x, labels, bf16, pre_fast),
     }
@@ -307,9 +245,9 @@ def main(argv=None) -> dict:
     calibrate_bn(ref, x)
     fast.load_state_dict(ref.state_dict())
     ref.eval(), fast.eval()
-    folded = prepare_for_inference(ref, dtype=bf16)
+    folded = prepare_for_inference(fast, dtype=bf16)
     infer_steps = {
-        "a_loop_fp32": make_infer_step(lambda v: loop_psta_forward(ref, v), x, None),
+        "a_loop_fp32": make_infer_step(ref, x, None),
         "b_batched_fp32_cl": make_infer_step(fast, x, None),
         "c_batched_bf16_cl": make_infer_step(fast, x, bf16),
         "d_folded_bf16_cl": make_infer_step(folded, x, bf16),
@@ -392,7 +330,7 @@ def _pct(share: float | None) -> str:
 
 
 def print_table(r: dict) -> None:
-    print(f"\nmedian wall-clock seconds; 'x loop' = speed-up over (a) (best-of-rounds speed-up in brackets)")
+    print("\nmedian wall-clock seconds; 'x loop' = speed-up over (a) (best-of-rounds speed-up in brackets)")
     print(f"{'configuration':<20}{'train s':>9}{'x loop':>8}{'(best)':>8}{'infer s':>9}{'x loop':>8}{'(best)':>8}")
     for k in r["inference_seconds"]:
         if k in r["train_step_seconds"]:
