@@ -415,3 +415,17 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     for colour in ((31, 119, 180), (255, 127, 14)):
         close = (np.abs(px - np.array(colour)).sum(1) < 60).sum()
         assert close > 200, (colour, close)
+
+
+def test_synthetic_source_is_labelled_and_not_compared_with_the_paper(report, inputs, tmp_path):
+    """The demo data gets no deltas to the paper (whose numbers are on real MARS)."""
+    assert "Δ" in report["html_text"]  # a real dataset: cards show the difference to the paper
+    out = build_report(inputs["eval"], inputs["index"], None, None, None, tmp_path / "report.html",
+                       tmp_path / "report.md", data_source="synthetic")
+    text = Path(out["html"]).read_text(encoding="utf-8")
+    parsed = parse_html(text)
+    assert "Δ" not in text and "synthetic, MARS layout run report" in text
+    rows = parsed.tables["results-table"][1:]
+    assert rows[0][:2] == ["PSTA paper (ImageNet ResNet-50)", "MARS"]
+    assert {r[1] for r in rows if r[0].startswith("Ours")} == {"synthetic, MARS layout"}
+    assert "shown for reference, not for comparison" in text

@@ -1,6 +1,8 @@
 """report: a self-contained HTML report (and a Markdown twin) of the data, training and results."""
 from __future__ import annotations
 
+import json
+
 from prefect import flow
 
 from pipeline import paths
@@ -17,8 +19,9 @@ REPORT_MD = paths.REPORTS / "report.md"
 def render(num_examples: int) -> dict:
     from psta.report import build_report
 
+    source = json.loads(paths.DATASET_INFO.read_text())["source"]
     return build_report(paths.EVAL, paths.INDEX, paths.CACHE, HISTORY_CSV, METRICS_JSON,
-                        REPORT_HTML, REPORT_MD, num_examples=num_examples)
+                        REPORT_HTML, REPORT_MD, num_examples=num_examples, data_source=source)
 
 
 @flow(name="report")

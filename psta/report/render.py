@@ -252,7 +252,7 @@ def _rerank_text(value: Any) -> str:
     return str(value)
 
 
-def _summary_section(results, dataset, headline, paper_row, history, stats) -> Section:
+def _summary_section(results, dataset, ds_label, headline, paper_row, history, stats) -> Section:
     s = Section("summary", "Run summary")
     protocols = results["protocols"]
     head = protocols.get(headline) or next(iter(protocols.values()))
@@ -261,7 +261,7 @@ def _summary_section(results, dataset, headline, paper_row, history, stats) -> S
              ("mAP", _pct(head.get("mAP")), paper_row.get("mAP") if paper_row else None)]
     s.blocks.append(("cards", (cards, head_name)))
     items = [
-        ("Dataset", (paper_row or {}).get("dataset", dataset) + f" ({dataset})"),
+        ("Dataset", f"{ds_label} ({dataset})"),
         ("Protocols", ", ".join(protocols)),
         ("Headline protocol", f"{head_name} — {_protocol_text(head_name)}".rstrip(" —")),
         ("Test clip sampling", str(results.get("sampling", "–"))),
@@ -285,7 +285,7 @@ def _summary_section(results, dataset, headline, paper_row, history, stats) -> S
     return s
 
 
-def _results_section(results, dataset, headline, paper_all, untrained) -> Section:
+def _results_section(results, dataset, ds_label, headline, paper_all, untrained, synthetic) -> Section:
     s = Section("results", "Results beside the paper")
     protocols = results["protocols"]
     header = ["Model", "Dataset", "Protocol"] + [label + " (%)" for _, label in METRIC_COLUMNS]
@@ -300,10 +300,10 @@ def _results_section(results, dataset, headline, paper_all, untrained) -> Sectio
         rec = protocols[name]
         if name == headline:
             hl.add(len(rows))
-        rows.append(["Ours, trained", ds_name, name] + [_fmt(_pct(rec.get(k))) for k, _ in METRIC_COLUMNS])
+        rows.append(["Ours, trained", ds_label, name] + [_fmt(_pct(rec.get(k))) for k, _ in METRIC_COLUMNS])
         if name in untrained:
             u = untrained[name]
-            rows.append(["Ours, untrained (initialisation)", ds_name, name]
+            rows.append(["Ours, untrained (initialisation)", ds_label, name]
                         + [_fmt(u.get(k)) for k, _ in METRIC_COLUMNS])
     s.table(Table(header, rows, hl, numeric_from=3, css_class="results"), "results-table")
     notes = []
@@ -311,7 +311,12 @@ def _results_section(results, dataset, headline, paper_all, untrained) -> Sectio
         desc = _protocol_text(name)
         if desc:
             notes.append(f"{name}: {desc}.")
-    if paper_row:
+    if paper_row and synthetic:
+        notes.append(f"This run is on the embedded synthetic dataset written in the {ds_name} "
+                     f"layout: the paper's row is the real {ds_name}, shown for reference, not for "
+                     "comparison. '–': not reported by the paper, or not computed (a gallery "
+                     "shorter than the rank).")
+    elif paper_row:
         notes.append(f"The paper's {ds_name} numbers use the {paper_row.get('protocol', headline)} "
                      "protocol; compare them with the highlighted row. '–': not reported by the "
                      "paper, or not computed (a gallery shorter than the rank).")
@@ -698,7 +703,8 @@ def build_report(eval_dir: str | os.PathLike, index_dir: str | os.PathLike | Non
                  cache_dir: str | os.PathLike | None, history_csv: str | os.PathLike | None,
                  metrics_json: str | os.PathLike | None, out_html: str | os.PathLike,
                  out_md: str | os.PathLike, *, num_examples: int = 3,
-                 paper: dict[str, dict[str, Any]] | None = None, tile_height: int = 128) -> dict:
+                 paper: dict[str, dict[str, Any]] | None = None, tile_height: int = 128,
+                 data_source: str | None = None) -> dict:
     """Render the run report: ``out_html`` (self-contained) and ``out_md`` + ``figures/``.
 
     Args:
@@ -714,6 +720,9 @@ def build_report(eval_dir: str | os.PathLike, index_dir: str | os.PathLike | Non
         paper: the paper's table, ``{dataset key: {"dataset", "rank1", "mAP", "protocol"}}`` in
             percent; default :data:`PAPER_RESULTS`.
         tile_height: pixel height of a frame in the ranked-list pictures.
+        data_source: the ingest's ``data.source``; ``"synthetic"`` labels the dataset as the
+            synthetic demo and drops the comparisons with the paper (its numbers are on the
+            real dataset).
 
     Returns:
         ``{"html", "md", "figures_dir"`` (paths as str), ``"figures"`` (file names),
@@ -748,9 +757,13 @@ def build_report(eval_dir: str | os.PathLike, index_dir: str | os.PathLike | Non
     if not untrained:
         notes.setdefault("untrained", "no untrained-model numbers")
 
-    sections = [_summary_section(results, dataset, headline, paper_row, history, stats)]
-    sections.append(_results_section(results, dataset, headline, paper_all, untrained))
-    cmc_sec, cmc_fig = _cmc_section(results, headline, paper_row)
+    synthetic = data_source == "synthetic"
+    ds_name = (paper_row or {}).get("dataset", dataset)
+    ds_label = f"synthetic, {ds_name} layout" if synthetic else ds_name
+    comparable = None if synthetic else paper_row  # no deltas to the paper on the demo data
+    sections = [_summary_section(results, dataset, ds_label, headline, comparable, history, stats)]
+    sections.append(_results_section(results, dataset, ds_label, headline, paper_all, untrained, synthetic))
+    cmc_sec, cmc_fig = _cmc_section(results, headline, comparable)
     sections.append(cmc_sec)
     sections.append(_camera_section(results))
     train_sec, train_fig = _training_section(history, notes)
@@ -766,8 +779,7 @@ def build_report(eval_dir: str | os.PathLike, index_dir: str | os.PathLike | Non
     sections.append(ranked_sec)
 
     figs = [f for f in (cmc_fig, train_fig) if f is not None] + ranked_figs
-    ds_name = (paper_row or {}).get("dataset", dataset)
-    title = f"PSTA video re-identification — {ds_name} run report"
+    title = f"PSTA video re-identification — {ds_label} run report"
     subtitle = (f"Pyramid Spatial-Temporal Aggregation (ICCV 2021) reproduction · dataset {dataset} · "
                 f"protocols {', '.join(protocols)}")
     footer = (f"Generated by psta.report from {eval_dir}"
