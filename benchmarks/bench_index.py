@@ -33,6 +33,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from scipy.io import loadmat  # noqa: E402
 
+from psta.atomic import write_text_atomic  # noqa: E402
 from psta.data import read_mars  # noqa: E402
 from psta.data.synthetic import write_mars_metadata  # noqa: E402
 from psta.index import FRAMES_SCHEMA, TRACKLETS_SCHEMA, build_index, read_index, write_index  # noqa: E402
@@ -191,9 +192,8 @@ def main() -> dict:
     print(f"{'ratio plain / ours':<26}{plain_s / med['total']:>10.2f}")
     print(f"target <= {TARGET_S:.0f} s: {'met' if result['meets_target'] else 'MISSED'}; "
           f"outputs equal: {equal}; {pinned}, median of {REPEATS}")
-    out = Path(__file__).resolve().parent / "results" / "index.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(Path(__file__).resolve().parent / "results" / "index.json",
+                      json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 from psta.data.cache import FrameCache, build_frame_cache, load_frame  # noqa: E402
 from psta.data.datasets import TrainClips  # noqa: E402
 from psta.data.sampling import IdentitySampler, random_interval_indices  # noqa: E402
-from psta.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform  # noqa: E402
+from psta.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loading.json"
 H, W, T = 256, 128, 8

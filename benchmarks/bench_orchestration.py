@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from pipeline.servers import prefect_server
+from psta.atomic import write_text_atomic
 from tests.test_orchestration import make_project, tool_env
 
 REPEATS = 5
@@ -123,9 +124,8 @@ def main() -> dict:
           f"{'met' if result['noop_meets_target'] else 'MISSED'}; flow / plain {result['ratio_flow_over_plain']:.2f}, "
           f"overhead target <= {FLOW_OVERHEAD_TARGET_S:.0f} s: {'met' if result['flow_overhead_meets_target'] else 'MISSED'}; "
           f"median of {REPEATS}")
-    out = Path(__file__).resolve().parent / "results" / "orchestration.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(Path(__file__).resolve().parent / "results" / "orchestration.json",
+                      json.dumps(result, indent=2) + "\n")
     return result
 
 

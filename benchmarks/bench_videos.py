@@ -46,6 +46,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from psta.atomic import write_text_atomic  # noqa: E402
+
 W, H, FPS = 640, 360, 25
 PEOPLE = 6
 THROUGHPUT_FRAMES = 900
@@ -333,9 +335,8 @@ def main() -> dict:
               f"as RGB would be {r['whole_video_rgb_mb']:.0f} MB), {r['seconds']:.1f} s")
     print(f"peak RSS growth for 4x frames: {growth:.1f} MB (without the rewind {growth_nr:.1f} MB); "
           f"{pinned}, best of {REPEATS} (medians in the json)")
-    out = Path(__file__).resolve().parent / "results" / "videos.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(Path(__file__).resolve().parent / "results" / "videos.json",
+                      json.dumps(result, indent=2) + "\n")
     return result
 
 

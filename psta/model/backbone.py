@@ -140,21 +140,14 @@ class ResNetBackbone(nn.Module):
 
 
 def _unwrap_backbone_state(obj, source: str) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict):
-        raise ValueError(f"{source}: expected a state dict, got {type(obj).__name__}")
+    """A backbone state dict from a plain / DataParallel / PSTA (``base.``) one, classifier dropped."""
+    from .checkpoints import unwrap_state_dict
+
     out = {}
-    for k, v in obj.items():
-        for prefix in ("module.", "base."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        if k.startswith("fc."):
-            continue
-        out[k] = v
+    for k, v in unwrap_state_dict(obj, source).items():
+        k = k.removeprefix("base.")
+        if not k.startswith("fc."):
+            out[k] = v
     return out
 
 

@@ -116,6 +116,10 @@ def _percent(values: np.ndarray) -> np.ndarray:
     return values * 100.0 if len(finite) and np.nanmax(np.abs(finite)) <= 1.0 else values
 
 
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
 def training_figure(history) -> bytes:
     """Losses, learning rate and validation rank-1 / mAP per epoch from a history DataFrame.
 
@@ -148,7 +152,7 @@ def training_figure(history) -> bytes:
     if losses:
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no loss columns", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        _no_data(ax, "no loss columns")
 
     ax = axes[1]
     if "lr" in h.columns:
@@ -157,7 +161,7 @@ def training_figure(history) -> bytes:
         ax.plot(epoch[ok], y[ok], color="C4", lw=2, drawstyle="steps-post")
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     else:
-        ax.text(0.5, 0.5, "no lr column", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        _no_data(ax, "no lr column")
     ax.set_title("learning rate")
     ax.set_xlabel("epoch")
     ax.set_ylabel("lr")
@@ -177,8 +181,7 @@ def training_figure(history) -> bytes:
     if plotted:
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no validation during training", ha="center", va="center",
-                transform=ax.transAxes, color="0.4")
+        _no_data(ax, "no validation during training")
     for ax in axes:
         ax.grid(True, alpha=0.3)
     return _figure_png(fig)
