@@ -109,6 +109,27 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class GalleryParams:
+    """The searchable gallery (pipeline/stages/gallery.py, psta.search)."""
+
+    # auto: the headline protocol's gallery (MARS: query + gallery rows, Duke: gallery rows;
+    # data.source=videos: every tracklet of the cameras), or a list of train / query / gallery
+    splits: tuple[Literal["train", "query", "gallery"], ...] | Literal["auto"] = "auto"
+    index: Literal["flat", "hnsw", "ivf"] = "flat"  # flat: exact; hnsw / ivf: approximate, for millions
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 0  # 0: 4 sqrt(N)
+    ivf_nprobe: int = 32
+
+    def index_config(self):
+        from psta.search.vectors import IndexConfig
+
+        return IndexConfig(type=self.index, hnsw_m=self.hnsw_m, hnsw_ef_construction=self.hnsw_ef_construction,
+                           hnsw_ef_search=self.hnsw_ef_search, ivf_nlist=self.ivf_nlist, ivf_nprobe=self.ivf_nprobe)
+
+
+@dataclass(frozen=True)
 class ReportParams:
     num_examples: int = 3  # best and worst queries shown as ranked lists
 
@@ -138,6 +159,7 @@ class Params:
     # the training section is the engine's own config: one definition of every knob
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    gallery: GalleryParams = field(default_factory=GalleryParams)
     report: ReportParams = field(default_factory=ReportParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
     retrain: RetrainParams = field(default_factory=RetrainParams)

@@ -1,17 +1,19 @@
 """The MLflow model registry: every evaluated model becomes a version of ``psta-<dataset>``.
 
 Called at the end of the evaluate stage, inside its MLflow run. The trained model
-(data/models/model.pt) is rebuilt with :func:`psta.model.load_checkpoint` and logged with
-``mlflow.pytorch.log_model``: pickled (any batch size), the ``psta`` package along as code (it
-loads without this project installed), pinned requirements, and a tensor signature: a float32
-clip batch ``B x T x 3 x H x W`` -> ``B x D`` embeddings. The new version gets:
+(data/models/model.pt) is logged as the pixel pyfunc of :mod:`pipeline.serving`: uint8 RGB
+frames ``B x T x H x W x 3`` in, L2-normalised ``B x D`` embeddings out, preprocessed and
+sampled inside exactly as the evaluation (the contract is the version's description). The new
+version gets:
 
 - the alias ``candidate`` (always: the latest evaluated model);
 - the alias ``champion`` when its mAP under the dataset's first protocol (the first entry of
   reports/metrics.json, e.g. mars_official) is at least the current champion's;
-- version tags ``mAP``, ``rank1`` (percent), ``protocol``, ``git_commit``, ``params_hash``.
+- version tags ``mAP``, ``rank1`` (percent), ``protocol``, ``git_commit``, ``params_hash``, and
+  from :func:`pipeline.serving.serving_tags`: ``model_sha256``, ``training_data``, ``threshold``.
 
-Load a model anywhere with ``mlflow.pytorch.load_model("models:/psta-mars@champion")``.
+Serve one with ``mlflow models serve -m models:/psta-mars@champion --env-manager local``, load
+it with ``mlflow.pyfunc.load_model(...)`` (the torch module: ``.unwrap_python_model().model``).
 The registry lives in the same store as the runs: the tracking server, or the local SQLite
 store the stage fell back to.
 """
@@ -28,7 +30,6 @@ from pipeline.stage import stage_task
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
-PSTA_PACKAGE = Path(__file__).resolve().parents[1] / "psta"
 
 
 
@@ -66,30 +67,6 @@ def headline(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     raise ValueError("reports/metrics.json holds no protocol with an mAP; rerun the evaluate stage")
 
 
-def _requirements() -> list[str]:
-    """Pinned without local version suffixes (torch 2.x+cu130 is no index's name)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for package in ("torch", "torchvision", "numpy"):
-        try:
-            pins.append(f"{package}=={version(package).split('+')[0]}")
-        except PackageNotFoundError:
-            pass
-    return pins
-
-
-def model_signature(model, config: dict[str, Any]):
-    """Tensor signature from a one-clip example: float32 (-1, T, 3, H, W) -> float32 (-1, D)."""
-    import torch
-    from mlflow.models import infer_signature
-
-    clip = torch.zeros(1, config["seq_len"], 3, config["height"], config["width"], dtype=torch.float32)
-    with torch.no_grad():
-        embedding = model.eval()(clip)
-    return infer_signature(clip.numpy(), embedding.float().numpy())
-
-
 def _alias_version(client, name: str, alias: str):
     from mlflow.exceptions import MlflowException
 
@@ -106,22 +83,15 @@ def _tag_float(version, key: str) -> float:
         return math.nan
 
 
-def _log_model(mlflow, model, config: dict[str, Any]):
-    return mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=model_signature(model, config),
-        serialization_format="pickle",
-        code_paths=[str(PSTA_PACKAGE)],  # the model loads without this project installed
-        pip_requirements=_requirements(),  # explicit: inferring them costs a subprocess
-        metadata={"config": {k: str(v) for k, v in config.items()}},
-    )
+def register(model_path: str | Path, stats_path: str | Path, metrics_path: str | Path,
+             serving: dict[str, Any], dataset_info_path: str | Path) -> RegisteredVersion:
+    """Log the model to the active MLflow run, register it and move the aliases.
 
-
-def register(model_path: str | Path, stats_path: str | Path, metrics_path: str | Path) -> RegisteredVersion:
-    """Log the model to the active MLflow run, register it and move the aliases."""
+    ``serving``: the evaluation's sampling, precision and batch size (the served model's)."""
     import mlflow
 
+    from pipeline.model_info import read_threshold, training_data_name
+    from pipeline.serving import describe_version, log_pixel_model, serving_tags
     from psta.model import load_checkpoint
 
     dataset = json.loads(Path(stats_path).read_text())["dataset"]
@@ -131,15 +101,8 @@ def register(model_path: str | Path, stats_path: str | Path, metrics_path: str |
     config = checkpoint["config"]
 
     name = model_name(dataset)
-    # pickle, not pt2: an exported graph would fix the batch size to the example's. MLflow warns
-    # about pickle on every call; the choice is deliberate, so the stage log stays quiet.
-    pytorch_log = logging.getLogger("mlflow.pytorch")
-    level = pytorch_log.level
-    pytorch_log.setLevel(logging.ERROR)
-    try:
-        info = _log_model(mlflow, model, config)
-    finally:
-        pytorch_log.setLevel(level)
+    info = log_pixel_model(model_path, config, model.feature_dim, serving)
+    data_name = training_data_name(json.loads(Path(dataset_info_path).read_text()))
     client = mlflow.MlflowClient()
     active = mlflow.active_run()
     run_tags = client.get_run(active.info.run_id).data.tags if active is not None else {}
@@ -149,7 +112,9 @@ def register(model_path: str | Path, stats_path: str | Path, metrics_path: str |
         "protocol": protocol,
         "dataset": dataset,
         **{key: run_tags[key] for key in ("git_commit", "params_hash", "data_version") if key in run_tags},
+        **serving_tags(model_path, data_name, read_threshold(metrics_path, protocol)),
     }).version
+    describe_version(client, name, str(version), info.model_uri)
     client.set_registered_model_alias(name, CANDIDATE, version)
 
     champion = _alias_version(client, name, CHAMPION)
@@ -175,6 +140,7 @@ def register(model_path: str | Path, stats_path: str | Path, metrics_path: str |
 
 
 @stage_task(name="register-model")
-def register_model(model_path: str | Path, stats_path: str | Path, metrics_path: str | Path) -> dict[str, Any]:
+def register_model(model_path: str | Path, stats_path: str | Path, metrics_path: str | Path,
+                   serving: dict[str, Any], dataset_info_path: str | Path) -> dict[str, Any]:
     """:func:`register` as a Prefect task of the calling flow."""
-    return asdict(register(model_path, stats_path, metrics_path))
+    return asdict(register(model_path, stats_path, metrics_path, serving, dataset_info_path))

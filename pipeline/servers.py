@@ -94,3 +94,22 @@ def mlflow_server(store: Path, port: int | None = None, timeout: float = 90.0) -
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_group(proc)
+
+
+@contextlib.contextmanager
+def model_server(model_uri: str, tracking_uri: str, log: Path, port: int | None = None,
+                 timeout: float = 240.0) -> Iterator[str]:
+    """`mlflow models serve -m <model_uri> --env-manager local` on 127.0.0.1, as a user starts it
+    (the venv's bin on PATH: the server execs `uvicorn`); yields its base URL."""
+    port = port or free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [_bin("mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+           "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", timeout, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_group(proc)

@@ -74,7 +74,10 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         metrics = write_metrics(summary, METRICS_JSON, CMC_CSV)
         log_numbers(metrics)
         log_files(METRICS_JSON, CMC_CSV, paths.EVAL / "results.json")
-        register_model(paths.MODELS / "model.pt", paths.INDEX / "stats.json", METRICS_JSON)
+        serving = {"sampling": sampling, "precision": params.evaluate.precision,
+                   "batch_size": params.evaluate.batch_size}
+        register_model(paths.MODELS / "model.pt", paths.INDEX / "stats.json", METRICS_JSON, serving,
+                       paths.DATASET_INFO)
         return metrics
 
 

@@ -33,7 +33,9 @@ What happens, in this order (every count lands in the returned stats):
    never the whole video; see :func:`iter_frame_batches`), each box is cropped
    and resized to ``height x width`` (PIL, antialiased bicubic) and written as a JPEG named
    ``PPPPCcTttttFfff.jpg`` under ``bbox_train/`` or ``bbox_test/``, with ``info/`` written by
-   the synthetic generator's MARS writer. The output root is written atomically.
+   the synthetic generator's MARS writer, and ``tracklet_sources.parquet`` (:data:`SOURCES_FILE`)
+   says where each tracklet came from: camera name, video, first / last video frame (1-based)
+   and their times in seconds. The output root is written atomically.
 
 pids: if every identity is an integer in 1..9999 it is its own pid; otherwise identities are
 numbered 1..K in sorted order (the map is in ``stats["pids"]``). pid 0 (MARS distractor) and
@@ -68,10 +70,13 @@ __all__ = [
     "batch_bounds",
     "frames_per_batch",
     "build_mars_from_videos",
+    "video_fps",
+    "SOURCES_FILE",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv")
 IDENTITIES_FILE = "identities.csv"
+SOURCES_FILE = "tracklet_sources.parquet"   # written beside info/: tracklet name -> video, frames, times
 MAX_CAMERAS = 9                 # one camera digit in MARS names
 MAX_TRACKLET_FRAMES = 999       # three frame digits
 MAX_TRACKLETS_PER_CAMERA = 9999  # four tracklet digits per (pid, camera)
@@ -243,6 +248,25 @@ def probe_video(path: str | os.PathLike) -> tuple[int, int, int]:
     except RuntimeError as e:
         raise DatasetError(f"cannot decode the first frame of video {path} ({e}); re-encode it") from None
     return n, int(shape[0]), int(shape[1])
+
+
+def video_fps(path: str | os.PathLike) -> float:
+    """The video's average frame rate (frames per second); 0.0 when the file does not say."""
+    try:
+        return float(_open_video(Path(path)).get_avg_fps() or 0.0)
+    except RuntimeError:
+        return 0.0
+
+
+def _write_sources(path: Path, rows: list[tuple]) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame(rows, columns=["name", "camera", "video", "video_frame_first", "video_frame_last", "fps"])
+    fps = table.pop("fps").to_numpy(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["start_s"] = np.where(fps > 0, (table["video_frame_first"] - 1) / fps, np.nan)
+        table["end_s"] = np.where(fps > 0, (table["video_frame_last"] - 1) / fps, np.nan)
+    table.to_parquet(path, index=False)
 
 
 class _DLPack:
@@ -608,6 +632,8 @@ def build_mars_from_videos(src_root: str | os.PathLike, out_root: str | os.PathL
         splits[name] = {"pid": tl_pid[sel], "cam": tl_cam[sel], "tnum": tnum, "length": tl_len[sel], "tl": sel}
 
     cam_jobs: list[list] = [[] for _ in cams]    # per camera: (frame0 array, box array, path list)
+    fps = [video_fps(cam.video) for cam in cams]
+    sources: list[tuple] = []                    # per tracklet: name, camera, video, frames, fps
     with atomic_dir(out) as tmp:
         info = _write_mars_info(tmp, splits["train"], splits["test"], is_query[splits["test"]["tl"]])
         folders = set()
@@ -620,6 +646,10 @@ def build_mars_from_videos(src_root: str | os.PathLike, out_root: str | os.PathL
                 sub = f"{folder}/{names[st][:4]}"
                 folders.add(sub)
                 cam_jobs[t.cam].append((t.frame0[a:b], t.box[a:b], [f"{sub}/{n}" for n in names[st:st + b - a]]))
+                cam = cams[t.cam]
+                sources.append((names[st][:11], cam.name, cam.video.name, int(t.frame0[a]) + 1,
+                                int(t.frame0[b - 1]) + 1, fps[t.cam]))
+        _write_sources(tmp / SOURCES_FILE, sources)
         for sub in sorted(folders):
             (tmp / sub).mkdir(parents=True, exist_ok=True)
         for ci, cam in enumerate(cams):

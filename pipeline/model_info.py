@@ -1,0 +1,65 @@
+"""What identifies a trained model downstream of evaluation: its checksum, its registered
+version, and the calibrated same-person threshold of its evaluation."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+SHA_TAG = "model_sha256"  # model version tag: the checkpoint's sha256 (data/models/model.pt)
+
+
+def model_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verification_threshold(metrics: dict[str, Any], protocol: str) -> float | None:
+    """The calibrated cosine-distance threshold of ``protocol`` in reports/metrics.json
+    (``<protocol>.verification.threshold``, or ``verification.<protocol>.threshold``); None while
+    the evaluation calibrates none."""
+    candidates = (
+        (metrics.get(protocol) or {}).get("verification"),
+        (metrics.get("verification") or {}).get(protocol),
+    )
+    for block in candidates:
+        if isinstance(block, dict) and isinstance(block.get("threshold"), (int, float)):
+            value = float(block["threshold"])
+            if math.isfinite(value):
+                return value
+    return None
+
+
+def read_threshold(metrics_path: str | Path, protocol: str) -> float | None:
+    path = Path(metrics_path)
+    if not path.is_file():
+        return None
+    return verification_threshold(json.loads(path.read_text()), protocol)
+
+
+def training_data_name(dataset_info: dict[str, Any]) -> str:
+    """What the model was trained on, from data/ingest/dataset.json: ``synthetic-mars``, ``mars``,
+    ``duke``, ``videos-<folder>``."""
+    source, layout = dataset_info.get("source", "unknown"), dataset_info.get("layout", "")
+    if source == "synthetic":
+        return f"synthetic-{layout}"
+    if source == "videos":
+        return f"videos-{Path(str(dataset_info.get('source_root') or dataset_info.get('root', ''))).name}"
+    return str(layout or source)
+
+
+def registered_version(name: str, sha256: str) -> str | None:
+    """``name/version`` of the registered model version built from this checkpoint, if any
+    (looked up in the active MLflow store by the :data:`SHA_TAG` tag)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and tags.{SHA_TAG} = '{sha256}'")
+    except MlflowException:
+        return None
+    if not found:
+        return None
+    return f"{name}/{max(int(v.version) for v in found)}"

@@ -1,0 +1,112 @@
+"""FAISS indexes of L2-normalised embeddings: inner product = cosine similarity.
+
+``flat`` is exact (IndexFlatIP). ``hnsw`` (IndexHNSWFlat) and ``ivf`` (IndexIVFFlat with an
+exact coarse quantizer) are approximate and keep millions of vectors searchable in
+milliseconds; their knobs are in :class:`IndexConfig`. A search can be restricted to a subset
+of rows (cameras, the protocol's ignore rules) with a FAISS ID selector, so the k results are
+the k best *allowed* rows, not the k best rows filtered afterwards.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """``type``: flat | hnsw | ivf. hnsw: ``hnsw_m`` links per node, ``hnsw_ef_construction``,
+    ``hnsw_ef_search`` (the search beam). ivf: ``ivf_nlist`` lists (0: 4 sqrt(N), at most N/39 so
+    k-means has 39 points per centroid), ``ivf_nprobe`` lists visited per query."""
+
+    type: str = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 32
+
+    def __post_init__(self) -> None:
+        if self.type not in INDEX_TYPES:
+            raise ValueError(f"gallery.index={self.type!r}: choose one of {', '.join(INDEX_TYPES)}")
+        for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"gallery.{name} must be >= 1, got {getattr(self, name)}")
+        if self.ivf_nlist < 0:
+            raise ValueError(f"gallery.ivf_nlist must be >= 0 (0: automatic), got {self.ivf_nlist}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ivf_lists(config: IndexConfig, num_vectors: int) -> int:
+    wanted = config.ivf_nlist or int(round(4 * math.sqrt(num_vectors)))
+    return max(1, min(wanted, num_vectors // 39))
+
+
+def build_index(vectors: np.ndarray, config: IndexConfig, seed: int = 0):
+    """A FAISS index over ``vectors`` (``N x D`` float32, L2-normalised), rows 0..N-1."""
+    import faiss
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"need a non-empty N x D array of embeddings, got shape {x.shape}")
+    d = x.shape[1]
+    if config.type == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif config.type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = config.hnsw_ef_construction
+    else:
+        nlist = ivf_lists(config, len(x))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        sample = x if len(x) <= 256 * nlist else x[np.random.default_rng(seed).choice(len(x), 256 * nlist, replace=False)]
+        index.train(sample)
+    index.add(x)
+    return index
+
+
+def write_index(index, path: str | Path) -> None:
+    import faiss
+
+    faiss.write_index(index, str(path))
+
+
+def read_index(path: str | Path):
+    import faiss
+
+    return faiss.read_index(str(path))
+
+
+def _search_parameters(config: IndexConfig, selector):
+    import faiss
+
+    if config.type == "hnsw":
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=config.hnsw_ef_search)
+    if config.type == "ivf":
+        return faiss.SearchParametersIVF(sel=selector, nprobe=config.ivf_nprobe)
+    return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+
+def search(index, config: IndexConfig, queries: np.ndarray, k: int,
+           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(similarities, rows)``, each ``len(queries) x k``, best first; rows -1 (similarity
+    -inf) where fewer than k allowed rows were found. ``allowed``: a boolean mask over the rows
+    (None: all)."""
+    import faiss
+
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    selector, bitmap = None, None
+    if allowed is not None and not np.all(allowed):
+        bitmap = np.packbits(np.asarray(allowed, bool), bitorder="little")
+        selector = faiss.IDSelectorBitmap(bitmap)
+    params = _search_parameters(config, selector)
+    sims, rows = index.search(q, k, params=params) if params is not None else index.search(q, k)
+    del bitmap  # the selector reads it during the search only
+    sims = np.where(rows >= 0, sims, -np.inf).astype(np.float32)
+    return sims, rows.astype(np.int64)
