@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline import servers, tracking
-from pipeline.params import load_params
+from pipeline.params import SECTIONS, load_params
 
 PREFECT_HOME = Path(".prefect")
 
@@ -26,7 +26,7 @@ def run_dvc_repro(dvc_args: list[str], params_path: str = "params.yaml", own_pre
     mlflow.set_experiment(params.tracking.experiment)
     tags = {"stage": "pipeline", "git_commit": tracking.git_commit(), "params_hash": params.digest()}
     with mlflow.start_run(run_name="pipeline", tags=tags) as parent:
-        mlflow.log_params(tracking.flatten(params.sections(*params.__dataclass_fields__)))
+        mlflow.log_params(tracking.flatten(params.sections(*SECTIONS)))
         env = {**os.environ, tracking.PARENT_RUN_ENV: parent.info.run_id}
         env.pop("MLFLOW_RUN_ID", None)
         with contextlib.ExitStack() as stack:

@@ -26,7 +26,7 @@ def read_dataset(name: str, root: str | os.PathLike) -> RawTracklets:
     try:
         reader = READERS[name]
     except KeyError:
-        raise DatasetError(f"unknown dataset {name!r}; data.dataset must be one of {sorted(READERS)}") from None
+        raise DatasetError(f"unknown dataset {name!r}; data.source must be one of {sorted(READERS)}") from None
     return reader(root)
 
 

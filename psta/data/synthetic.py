@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 from PIL import Image, ImageFilter
+from pydantic import Field, model_validator
 from scipy.ndimage import uniform_filter1d  # camera backgrounds only (once per camera)
 
 from psta.atomic import atomic_dir
+from psta.config import FieldError, Pair, Section
 
 __all__ = [
     "SyntheticConfig",
@@ -46,8 +48,7 @@ _MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: psta.data.synt
 # --------------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(Section):
     """Size and look of a synthetic dataset. The defaults are the pipeline's demo scale.
 
     Counts: ``num_train_ids`` / ``num_test_ids`` identities; every identity is seen by
@@ -59,40 +60,43 @@ class SyntheticConfig:
     (``0001C6F0099X30823.jpg``) and a fraction starting at ``F0002`` (at least one of each).
     """
 
-    seed: int = 0
-    num_train_ids: int = 48
-    num_test_ids: int = 48
-    num_cameras: int | None = None          # None: 6 for MARS, 8 for Duke
-    cameras_per_id: tuple[int, int] = (2, 3)
-    tracklets_per_camera: tuple[int, int] = (1, 2)
-    min_len: int = 8
-    max_len: int = 48
-    height: int = 128
-    width: int = 64
-    num_distractor_tracklets: int = 24      # MARS pid 0
-    num_junk_tracklets: int = 12            # MARS pid -1
-    num_distractor_ids: int = 12            # Duke gallery-only identities
-    old_style_fraction: float = 0.3         # Duke old file-name style
-    f0002_fraction: float = 0.1             # Duke tracklets whose first frame is F0002
-    occlusion_prob: float = 0.25
-    jpeg_quality: int = 90
-    max_pid: int = 1500                     # pids are drawn from 1..max_pid
+    seed: int = Field(0, ge=0)
+    num_train_ids: int = Field(48, ge=1)
+    num_test_ids: int = Field(48, ge=1)
+    num_cameras: int | None = Field(None, ge=2, le=9)  # None: 6 for MARS, 8 for Duke
+    cameras_per_id: Pair[int] = (2, 3)
+    tracklets_per_camera: Pair[int] = (1, 2)
+    min_len: int = Field(8, ge=1, le=999)
+    max_len: int = Field(48, ge=1, le=999)   # three frame digits in the names
+    height: int = Field(128, ge=32)
+    width: int = Field(64, ge=16)
+    num_distractor_tracklets: int = Field(24, ge=0)   # MARS pid 0
+    num_junk_tracklets: int = Field(12, ge=0)         # MARS pid -1
+    num_distractor_ids: int = Field(12, ge=0)         # Duke gallery-only identities
+    old_style_fraction: float = Field(0.3, ge=0, le=1)  # Duke old file-name style
+    f0002_fraction: float = Field(0.1, ge=0, le=1)      # Duke tracklets whose first frame is F0002
+    occlusion_prob: float = Field(0.25, ge=0, le=1)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    max_pid: int = Field(1500, ge=1, le=9999)        # pids are drawn from 1..max_pid (4 digits)
 
-    def validate(self, dataset: str) -> int:
+    @model_validator(mode="after")
+    def _ranges(self) -> "SyntheticConfig":
+        if not 1 <= self.tracklets_per_camera[0] <= self.tracklets_per_camera[1]:
+            raise FieldError("tracklets_per_camera", self.tracklets_per_camera, "[lo, hi] with 1 <= lo <= hi")
+        if self.min_len > self.max_len:
+            raise FieldError("max_len", self.max_len, f">= min_len ({self.min_len})")
+        if self.num_train_ids + self.num_test_ids + self.num_distractor_ids > self.max_pid:
+            raise FieldError("max_pid", self.max_pid, "at least num_train_ids + num_test_ids + "
+                             f"num_distractor_ids ({self.num_train_ids + self.num_test_ids + self.num_distractor_ids})")
+        return self
+
+    def cameras_for(self, dataset: str) -> int:
+        """The number of cameras for ``dataset`` (mars | duke); a FieldError if the ranges do not fit it."""
         ncam = self.num_cameras or (6 if dataset == "mars" else 8)
         lo, hi = self.cameras_per_id
         if not (2 <= lo <= hi <= ncam):
-            raise ValueError(f"cameras_per_id {self.cameras_per_id} must satisfy 2 <= lo <= hi <= {ncam}")
-        if not (1 <= self.tracklets_per_camera[0] <= self.tracklets_per_camera[1]):
-            raise ValueError(f"bad tracklets_per_camera {self.tracklets_per_camera}")
-        if not (1 <= self.min_len <= self.max_len <= 999):
-            raise ValueError(f"need 1 <= min_len <= max_len <= 999, got {self.min_len}, {self.max_len}")
-        if dataset == "mars" and ncam > 9:
-            raise ValueError("MARS names hold a single camera digit: num_cameras <= 9")
-        if self.num_train_ids + self.num_test_ids + self.num_distractor_ids > self.max_pid:
-            raise ValueError("max_pid too small for the requested identities")
-        if self.height < 32 or self.width < 16:
-            raise ValueError("frames must be at least 32 x 16")
+            raise FieldError("cameras_per_id", self.cameras_per_id,
+                             f"[lo, hi] with 2 <= lo <= hi <= {ncam} (the cameras of the {dataset} layout)")
         return ncam
 
 
@@ -536,7 +540,7 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     excludes queries and junk; identities exclude pid 0), junk and distractor counts.
     """
     cfg = cfg or SyntheticConfig()
-    ncam = cfg.validate("mars")
+    ncam = cfg.cameras_for("mars")
     root = Path(root)
     rng = np.random.default_rng([cfg.seed, 10, 0])
     train_pids, test_pids, _ = _draw_pids(rng, cfg)
@@ -608,7 +612,7 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     identity/tracklet counts, and style/start counts.
     """
     cfg = cfg or SyntheticConfig()
-    ncam = cfg.validate("duke")
+    ncam = cfg.cameras_for("duke")
     root = Path(root)
     rng = np.random.default_rng([cfg.seed, 20, 0])
     train_pids, test_pids, dis_pids = _draw_pids(rng, cfg, cfg.num_distractor_ids)

@@ -12,7 +12,6 @@ from .backbone import (
     ResNetBackbone,
     build_backbone,
     check_pretrained,
-    feature_map_size,
     imagenet_weights_file,
 )
 from .checkpoints import (
@@ -25,7 +24,9 @@ from .checkpoints import (
 )
 from .inference import fold_batchnorm, prepare_for_inference
 from .precision import autocast_context, cpu_supports_bf16, resolve_precision, to_channels_last
-from .psta import ARCHS, PSTA, TAP, build_model, model_from_config, pyramid_levels
+from psta.shapes import feature_map_size, pyramid_levels
+
+from .psta import ARCHS, PSTA, TAP, build_model, model_from_config
 
 __all__ = [
     "ARCHS", "BACKBONES", "PSTA", "TAP", "STAM", "TRA", "SRA", "ResNetBackbone",

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from psta.atomic import atomic_dir, atomic_path
+from psta.errors import UserError
 
 from . import figures as F
 
@@ -48,7 +49,7 @@ RANKED_TOPK = 10
 QUERY_FRAMES = 4
 
 
-class ReportInputError(FileNotFoundError):
+class ReportInputError(UserError, FileNotFoundError):
     """A required input of the report (the evaluation results) is missing or unreadable."""
 
 
