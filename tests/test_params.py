@@ -247,7 +247,7 @@ def test_cli_and_library_errors_share_one_base():
     from psta.data.cache import CacheError
     from psta.errors import DatasetError
     from psta.model import CheckpointMismatchError, PretrainedWeightsError
-    from psta.report.render import ReportInputError
+    from psta.report.inputs import ReportInputError
 
     for cls, builtin in ((DatasetError, ValueError), (CacheError, ValueError), (ParamsError, ValueError),
                          (PretrainedWeightsError, FileNotFoundError), (ReportInputError, FileNotFoundError),

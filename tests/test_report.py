@@ -429,3 +429,15 @@ def test_synthetic_source_is_labelled_and_not_compared_with_the_paper(report, in
     assert rows[0][:2] == ["PSTA paper (ImageNet ResNet-50)", "MARS"]
     assert {r[1] for r in rows if r[0].startswith("Ours")} == {"synthetic, MARS layout"}
     assert "shown for reference, not for comparison" in text
+
+
+def test_html_escapes_text_and_markdown_keeps_it(inputs, tmp_path):
+    """Autoescaping: text that looks like markup is shown as text in the HTML, as is in Markdown."""
+    note = 'picked by <script>alert("x")</script> & the "last" epoch'
+    out = build_report(inputs["eval"], None, None, None, None, tmp_path / "report.html",
+                       tmp_path / "report.md", selection=note)
+    html_text = Path(out["html"]).read_text(encoding="utf-8")
+    assert "<script>" not in html_text
+    assert "picked by &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; the &#34;last&#34; epoch" in html_text
+    assert not [a for t, a in parse_html(html_text).tags if t == "script"]
+    assert note in Path(out["md"]).read_text(encoding="utf-8")
