@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 from PIL import Image, ImageFilter
 from scipy.ndimage import uniform_filter1d  # camera backgrounds only (once per camera)
 
 from psta.atomic import atomic_dir
+from psta.data.mars_layout import MAX_CAMERAS, track_numbers, tracklet_files, write_mars_info
 
 __all__ = [
     "SyntheticConfig",
@@ -37,10 +37,7 @@ __all__ = [
     "generate_mars",
     "generate_duke",
     "write_mars_metadata",
-    "savemat_deterministic",
 ]
-
-_MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: psta.data.synthetic"
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,8 +84,8 @@ class SyntheticConfig:
             raise ValueError(f"bad tracklets_per_camera {self.tracklets_per_camera}")
         if not (1 <= self.min_len <= self.max_len <= 999):
             raise ValueError(f"need 1 <= min_len <= max_len <= 999, got {self.min_len}, {self.max_len}")
-        if dataset == "mars" and ncam > 9:
-            raise ValueError("MARS names hold a single camera digit: num_cameras <= 9")
+        if dataset == "mars" and ncam > MAX_CAMERAS:
+            raise ValueError(f"MARS names hold a single camera digit: num_cameras <= {MAX_CAMERAS}")
         if self.num_train_ids + self.num_test_ids + self.num_distractor_ids > self.max_pid:
             raise ValueError("max_pid too small for the requested identities")
         if self.height < 32 or self.width < 16:
@@ -382,94 +379,6 @@ class _Painter:
                 pending[k] = None
 
 
-# --------------------------------------------------------------------------------------------
-# .mat files and MARS names
-# --------------------------------------------------------------------------------------------
-def savemat_deterministic(path: str | os.PathLike, variables: dict) -> None:
-    """``scipy.io.savemat`` with a fixed header text (no creation date): same data, same bytes."""
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, variables, do_compression=False, oned_as="row")
-    data = bytearray(buf.getvalue())
-    data[:116] = _MAT_HEADER.ljust(116, b" ")
-    Path(path).write_bytes(bytes(data))
-
-
-def _digits(values: np.ndarray, width: int) -> np.ndarray:
-    """Zero-padded decimal digits of non-negative ints as an (n, width) uint8 ASCII matrix."""
-    values = np.asarray(values, np.int64)
-    pows = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    return ((values[:, None] // pows[None, :]) % 10 + 48).astype(np.uint8)
-
-
-def _pid_chars(pid: np.ndarray) -> np.ndarray:
-    """MARS identity field: 4 digits, ``00-1`` for junk."""
-    out = _digits(np.maximum(pid, 0), 4)
-    out[pid < 0] = np.frombuffer(b"00-1", np.uint8)
-    return out
-
-
-def _mars_names(pid, cam, tnum, length) -> tuple[np.ndarray, np.ndarray]:
-    """All frame names of the given tracklets, vectorised.
-
-    Returns (lines, starts): ``lines`` an (n_frames, 20) uint8 matrix of
-    ``PPPPCcTttttFfff.jpg\\n``, ``starts`` the 0-based first line of each tracklet.
-    """
-    length = np.asarray(length, np.int64)
-    starts = np.zeros(len(length), np.int64)
-    np.cumsum(length[:-1], out=starts[1:])
-    tr = np.repeat(np.arange(len(length)), length)
-    fnum = np.arange(len(tr), dtype=np.int64) - starts[tr] + 1
-    n = len(tr)
-    lines = np.empty((n, 20), np.uint8)
-    lines[:, 0:4] = _pid_chars(np.asarray(pid))[tr]
-    lines[:, 4] = ord("C")
-    lines[:, 5] = (np.asarray(cam, np.int64)[tr] + 48).astype(np.uint8)
-    lines[:, 6] = ord("T")
-    lines[:, 7:11] = _digits(np.asarray(tnum), 4)[tr]
-    lines[:, 11] = ord("F")
-    lines[:, 12:15] = _digits(fnum, 3)
-    lines[:, 15:19] = np.frombuffer(b".jpg", np.uint8)
-    lines[:, 19] = ord("\n")
-    return lines, starts
-
-
-def _track_numbers(pid: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """1-based running number of each tracklet within its (pid, camera), in array order."""
-    key = np.asarray(pid, np.int64) * 100 + np.asarray(cam, np.int64)
-    order = np.argsort(key, kind="stable")
-    k = key[order]
-    first = np.r_[True, k[1:] != k[:-1]]
-    grp_start = np.maximum.accumulate(np.where(first, np.arange(len(k)), 0))
-    out = np.empty(len(k), np.int64)
-    out[order] = np.arange(len(k)) - grp_start + 1
-    return out
-
-
-def _write_mars_info(root: Path, train: dict, test: dict, query_mask: np.ndarray) -> dict:
-    """Write info/ for tracklets given as dicts of arrays (pid, cam, tnum, length).
-
-    Rows are sorted by name (pid, camera, tracklet number) as in the published files.
-    Returns per-split sorted arrays plus the line matrices.
-    """
-    info = root / "info"
-    info.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, tr in (("train", train), ("test", test)):
-        order = np.lexsort((tr["tnum"], tr["cam"], tr["pid"]))
-        s = {k: np.asarray(v)[order] for k, v in tr.items()}
-        if split == "test":
-            s["query"] = np.asarray(query_mask)[order]
-        lines, starts = _mars_names(s["pid"], s["cam"], s["tnum"], s["length"])
-        (info / f"{split}_name.txt").write_bytes(lines.tobytes())
-        mat = np.stack([starts + 1, starts + s["length"], s["pid"], s["cam"]], axis=1).astype(np.float64)
-        savemat_deterministic(info / f"tracks_{split}_info.mat", {f"track_{split}_info": mat})
-        s["lines"], s["starts"] = lines, starts
-        out[split] = s
-    qidx = np.flatnonzero(out["test"]["query"]) + 1
-    savemat_deterministic(info / "query_IDX.mat", {"query_IDX": qidx.astype(np.float64)[None, :]})
-    return out
-
-
 def _counts(pid: np.ndarray, length: np.ndarray) -> dict:
     pid = np.asarray(pid)
     return {"tracklets": int(len(pid)), "identities": int(len(np.unique(pid[pid > 0]))),
@@ -559,22 +468,19 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     te_pid = np.concatenate([te_pid, np.zeros(nd, np.int64), -np.ones(nj, np.int64)])
     te_cam = np.concatenate([te_cam, rng.integers(1, ncam + 1, nd + nj)])
     te_q = np.concatenate([te_q, np.zeros(nd + nj, bool)])
-    train = {"pid": tr_pid, "cam": tr_cam, "tnum": _track_numbers(tr_pid, tr_cam), "length": lens(len(tr_pid))}
-    test = {"pid": te_pid, "cam": te_cam, "tnum": _track_numbers(te_pid, te_cam), "length": lens(len(te_pid))}
+    train = {"pid": tr_pid, "cam": tr_cam, "tnum": track_numbers(tr_pid, tr_cam), "length": lens(len(tr_pid))}
+    test = {"pid": te_pid, "cam": te_cam, "tnum": track_numbers(te_pid, te_cam), "length": lens(len(te_pid))}
 
     painter = _Painter(cfg, ncam, stream=11)
     with atomic_dir(root) as tmp:
-        info = _write_mars_info(tmp, train, test, te_q)
+        info = write_mars_info(tmp, train, test, te_q)
         files, jobs = [], []
-        for split, folder in (("train", "bbox_train"), ("test", "bbox_test")):
-            s = info[split]
-            names = s["lines"][:, :19].copy().view("S19").ravel().astype("U19")
-            for i in range(len(s["pid"])):
-                pid, start, n = int(s["pid"][i]), int(s["starts"][i]), int(s["length"][i])
-                d = tmp / folder / names[start][:4]
-                files.append((d, names[start:start + n]))
+        for split in ("train", "test"):
+            pids, cams = info[split]["pid"].tolist(), info[split]["cam"].tolist()
+            for (sub, fnames), pid, cam in zip(tracklet_files(info, split), pids, cams, strict=True):
+                files.append((tmp / sub, fnames))
                 key = pid if pid > 0 else 100_000 + len(jobs)   # distractors/junk: one-off people
-                jobs.append((key, int(s["cam"][i]) - 1, n, len(jobs), pid < 0))
+                jobs.append((key, cam - 1, len(fnames), len(jobs), pid < 0))
         for (d, fnames), frames in zip(files, painter.render_many(jobs, _workers(workers))):
             d.mkdir(parents=True, exist_ok=True)
             for name, data in zip(fnames, frames):
@@ -800,10 +706,10 @@ def write_mars_metadata(root: str | os.PathLike, seed: int = 0, scale: MarsScale
     te_q = np.zeros(len(te_pid), bool)
     te_q[:len(q_pid)] = True
     # query tracklets come first within their (pid, camera), so they keep T number 1 after sorting
-    train = {"pid": tr_pid, "cam": tr_cam, "tnum": _track_numbers(tr_pid, tr_cam),
+    train = {"pid": tr_pid, "cam": tr_cam, "tnum": track_numbers(tr_pid, tr_cam),
              "length": _exact_lengths(rng, len(tr_pid), sc.train_frames, sc.min_len, sc.max_len, 3.7)}
-    test = {"pid": te_pid, "cam": te_cam, "tnum": _track_numbers(te_pid, te_cam),
+    test = {"pid": te_pid, "cam": te_cam, "tnum": track_numbers(te_pid, te_cam),
             "length": _exact_lengths(rng, len(te_pid), sc.test_frames, sc.min_len, sc.max_len, 3.6)}
     root = Path(root)
-    info = _write_mars_info(root, train, test, te_q)
+    info = write_mars_info(root, train, test, te_q)
     return _mars_planted(info, root, seed, ncam)
