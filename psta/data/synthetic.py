@@ -33,6 +33,9 @@ from psta.data.mars_layout import MAX_CAMERAS, track_numbers, tracklet_files, wr
 __all__ = [
     "SyntheticConfig",
     "MarsScale",
+    "Painter",
+    "draw_pids",
+    "identity_tracklets",
     "MARS_PUBLISHED",
     "generate_mars",
     "generate_duke",
@@ -75,8 +78,10 @@ class SyntheticConfig:
     jpeg_quality: int = 90
     max_pid: int = 1500                     # pids are drawn from 1..max_pid
 
-    def validate(self, dataset: str) -> int:
-        ncam = self.num_cameras or (6 if dataset == "mars" else 8)
+    def validate(self, default_cameras: int, max_cameras: int | None = None) -> int:
+        """Check the config for a layout whose release has ``default_cameras`` cameras and whose
+        names hold at most ``max_cameras``; return the number of cameras to write."""
+        ncam = self.num_cameras or default_cameras
         lo, hi = self.cameras_per_id
         if not (2 <= lo <= hi <= ncam):
             raise ValueError(f"cameras_per_id {self.cameras_per_id} must satisfy 2 <= lo <= hi <= {ncam}")
@@ -84,8 +89,8 @@ class SyntheticConfig:
             raise ValueError(f"bad tracklets_per_camera {self.tracklets_per_camera}")
         if not (1 <= self.min_len <= self.max_len <= 999):
             raise ValueError(f"need 1 <= min_len <= max_len <= 999, got {self.min_len}, {self.max_len}")
-        if dataset == "mars" and ncam > MAX_CAMERAS:
-            raise ValueError(f"MARS names hold a single camera digit: num_cameras <= {MAX_CAMERAS}")
+        if max_cameras is not None and ncam > max_cameras:
+            raise ValueError(f"the layout's names hold at most {max_cameras} cameras: num_cameras <= {max_cameras}")
         if self.num_train_ids + self.num_test_ids + self.num_distractor_ids > self.max_pid:
             raise ValueError("max_pid too small for the requested identities")
         if self.height < 32 or self.width < 16:
@@ -336,8 +341,13 @@ def _jpeg(frame: np.ndarray, quality: int, blur: int = 0) -> bytes:
     return buf.getvalue()
 
 
-class _Painter:
-    """Renders tracklets with per-seed independent random streams."""
+class Painter:
+    """Renders tracklets with per-seed independent random streams (``stream``: one per layout).
+
+    A writer of a new layout draws identities with :func:`draw_pids` and
+    :func:`identity_tracklets`, then renders jobs ``(appearance key, 0-based camera, frames,
+    serial, junk)`` with :meth:`render_many` and writes the JPEG bytes it yields.
+    """
 
     def __init__(self, cfg: SyntheticConfig, ncam: int, stream: int):
         self.cfg, self.stream = cfg, stream
@@ -357,12 +367,13 @@ class _Painter:
         blur = self.cams[cam]["blur"]
         return [_jpeg(f, self.cfg.jpeg_quality, blur) for f in imgs]
 
-    def render_many(self, jobs: list[tuple], workers: int):
+    def render_many(self, jobs: list[tuple], workers: int | None = None):
         """Yield ``frames(*job)`` for each job, in order, rendered by ``workers`` threads.
 
         numpy and PIL release the GIL in their inner loops; every job has its own random
         stream, so the output does not depend on the number of workers.
         """
+        workers = _workers(workers)
         for job in jobs:                      # appearances first: no dict writes in threads
             self.appearance(job[0])
         if workers <= 1:
@@ -386,9 +397,10 @@ def _counts(pid: np.ndarray, length: np.ndarray) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# MARS
+# identities (any layout)
 # --------------------------------------------------------------------------------------------
-def _draw_pids(rng: np.random.Generator, cfg: SyntheticConfig, n_extra: int = 0):
+def draw_pids(rng: np.random.Generator, cfg: SyntheticConfig, n_extra: int = 0):
+    """Distinct pids from 1..max_pid: sorted train, test and ``n_extra`` more (e.g. distractors)."""
     pool = rng.choice(np.arange(1, cfg.max_pid + 1), cfg.num_train_ids + cfg.num_test_ids + n_extra, replace=False)
     train = np.sort(pool[:cfg.num_train_ids])
     test = np.sort(pool[cfg.num_train_ids:cfg.num_train_ids + cfg.num_test_ids])
@@ -396,7 +408,7 @@ def _draw_pids(rng: np.random.Generator, cfg: SyntheticConfig, n_extra: int = 0)
     return train, test, extra
 
 
-def _identity_tracklets(rng, cfg: SyntheticConfig, ncam: int, pid: int):
+def identity_tracklets(rng, cfg: SyntheticConfig, ncam: int, pid: int):
     """Cameras and per-camera tracklet counts of one identity."""
     k = int(rng.integers(cfg.cameras_per_id[0], cfg.cameras_per_id[1] + 1))
     cams = np.sort(rng.choice(np.arange(1, ncam + 1), k, replace=False))
@@ -404,6 +416,9 @@ def _identity_tracklets(rng, cfg: SyntheticConfig, ncam: int, pid: int):
     return cams, per
 
 
+# --------------------------------------------------------------------------------------------
+# MARS
+# --------------------------------------------------------------------------------------------
 def _mars_planted(info: dict, root, seed: int, ncam: int) -> dict:
     """What a MARS tree holds, per split, as the index should find it (queries, gallery w/o junk)."""
     te = info["test"]
@@ -445,16 +460,16 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     excludes queries and junk; identities exclude pid 0), junk and distractor counts.
     """
     cfg = cfg or SyntheticConfig()
-    ncam = cfg.validate("mars")
+    ncam = cfg.validate(default_cameras=6, max_cameras=MAX_CAMERAS)   # one camera digit
     root = Path(root)
     rng = np.random.default_rng([cfg.seed, 10, 0])
-    train_pids, test_pids, _ = _draw_pids(rng, cfg)
+    train_pids, test_pids, _ = draw_pids(rng, cfg)
     lens = lambda k: rng.integers(cfg.min_len, cfg.max_len + 1, size=k)  # noqa: E731
 
     def build(pids, test: bool):
         pid, cam, query = [], [], []
         for p in pids:
-            cams, per = _identity_tracklets(rng, cfg, ncam, int(p))
+            cams, per = identity_tracklets(rng, cfg, ncam, int(p))
             nq = int(rng.integers(1, len(cams))) if test else 0   # leave >= 1 gallery camera
             qcams = set(rng.choice(cams, nq, replace=False).tolist()) if nq else set()
             for c, m in zip(cams, per):
@@ -471,7 +486,7 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     train = {"pid": tr_pid, "cam": tr_cam, "tnum": track_numbers(tr_pid, tr_cam), "length": lens(len(tr_pid))}
     test = {"pid": te_pid, "cam": te_cam, "tnum": track_numbers(te_pid, te_cam), "length": lens(len(te_pid))}
 
-    painter = _Painter(cfg, ncam, stream=11)
+    painter = Painter(cfg, ncam, stream=11)
     with atomic_dir(root) as tmp:
         info = write_mars_info(tmp, train, test, te_q)
         files, jobs = [], []
@@ -481,7 +496,7 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
                 files.append((tmp / sub, fnames))
                 key = pid if pid > 0 else 100_000 + len(jobs)   # distractors/junk: one-off people
                 jobs.append((key, cam - 1, len(fnames), len(jobs), pid < 0))
-        for (d, fnames), frames in zip(files, painter.render_many(jobs, _workers(workers))):
+        for (d, fnames), frames in zip(files, painter.render_many(jobs, workers)):
             d.mkdir(parents=True, exist_ok=True)
             for name, data in zip(fnames, frames):
                 (d / name).write_bytes(data)
@@ -514,10 +529,10 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     identity/tracklet counts, and style/start counts.
     """
     cfg = cfg or SyntheticConfig()
-    ncam = cfg.validate("duke")
+    ncam = cfg.validate(default_cameras=8, max_cameras=9)             # one camera digit
     root = Path(root)
     rng = np.random.default_rng([cfg.seed, 20, 0])
-    train_pids, test_pids, dis_pids = _draw_pids(rng, cfg, cfg.num_distractor_ids)
+    train_pids, test_pids, dis_pids = draw_pids(rng, cfg, cfg.num_distractor_ids)
 
     # (split, pid, tracklet folder, camera, length, f0, x0, old)
     rows: list[tuple] = []
@@ -531,14 +546,14 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
             rows.append((s, pid, tid, cam, n, f0, x0, old))
 
     for p in train_pids:
-        cams, per = _identity_tracklets(rng, cfg, ncam, int(p))
+        cams, per = identity_tracklets(rng, cfg, ncam, int(p))
         tid = 0
         for c, m in zip(cams, per):
             for _ in range(int(m)):
                 tid += 1
                 add(("train",), int(p), tid, int(c))
     for p in test_pids:
-        cams, per = _identity_tracklets(rng, cfg, ncam, int(p))
+        cams, per = identity_tracklets(rng, cfg, ncam, int(p))
         qcam = int(rng.choice(cams))
         tid = 0
         for c, m in zip(cams, per):
@@ -559,7 +574,7 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     qkeys = {(r[1], r[2]): r for r in rows if r[0] == "query"}
     rows = [(r[0],) + qkeys[(r[1], r[2])][1:] if r[0] == "gallery" and (r[1], r[2]) in qkeys else r for r in rows]
 
-    painter = _Painter(cfg, ncam, stream=21)
+    painter = Painter(cfg, ncam, stream=21)
     first: dict[tuple[int, int], int] = {}      # (pid, tracklet) -> job; a query and its gallery copy share one
     jobs = []
     for split, pid, tid, cam, n, f0, x0, old in rows:
@@ -570,7 +585,7 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     for r in rows:
         users.setdefault(first[(r[1], r[2])], []).append(r)
     with atomic_dir(root) as tmp:
-        for j, frames in enumerate(painter.render_many(jobs, _workers(workers))):
+        for j, frames in enumerate(painter.render_many(jobs, workers)):
             for split, pid, tid, cam, n, f0, x0, old in users[j]:
                 d = tmp / split / f"{pid:04d}" / f"{tid:04d}"
                 d.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from psta.atomic import atomic_dir, atomic_path
+from psta.data.registry import PROTOCOLS
 
 from . import figures as F
 
@@ -83,11 +84,8 @@ def _int(value: Any) -> str:
 
 
 def _protocol_text(name: str) -> str:
-    try:
-        from psta.evaluation.protocols import PROTOCOLS
-        return PROTOCOLS.get(name, "")
-    except Exception:  # pragma: no cover - the report must render without the evaluation code
-        return ""
+    protocol = PROTOCOLS.get(name)
+    return protocol.description if protocol else ""
 
 
 @dataclass
