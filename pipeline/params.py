@@ -27,6 +27,7 @@ from ruamel.yaml.error import YAMLError
 
 from pipeline import paths
 from psta.config import FieldError, Section
+from psta.data.registry import dataset_names, get_dataset, synthetic_layouts
 from psta.data.synthetic import SyntheticConfig
 from psta.data.videos import VideoIngestConfig
 from psta.engine.trainer import PRECISIONS, TrainConfig
@@ -41,7 +42,8 @@ class ParamsError(ConfigError):
 
 
 class DataParams(Section):
-    source: Literal["synthetic", "mars", "duke", "videos"] = "synthetic"
+    # synthetic | a registered dataset (psta.data.registry: mars, duke, ...) | videos
+    source: Literal[("synthetic", *dataset_names(), "videos")] = "synthetic"
     # the dataset folder itself (holding bbox_train/ and info/ for MARS, train/ query/ gallery/
     # for Duke, <camera>.mp4 + <camera>.txt for videos); for synthetic, where the generated
     # tree goes (under data/raw/)
@@ -59,11 +61,13 @@ class DataParams(Section):
 class SyntheticParams(SyntheticConfig):
     """psta.data.synthetic.SyntheticConfig, plus which layout to write."""
 
-    layout: Literal["mars", "duke"] = "mars"
+    layout: Literal[synthetic_layouts()] = "mars"  # a registered dataset with a synthetic writer
 
     @model_validator(mode="after")
     def _cameras_fit_the_layout(self) -> "SyntheticParams":
-        self.cameras_for(self.layout)
+        cameras = get_dataset(self.layout).cameras
+        if cameras is not None:
+            self.cameras_for(cameras)
         return self
 
     def config(self) -> SyntheticConfig:

@@ -144,18 +144,20 @@ def _type_name(tp: Any) -> str:
 
 
 def _bounds(metadata: list) -> str:
+    """"in [0, 1]", ">= 1", "in (0, 1)" from annotated_types constraints."""
     low = high = None
-    for item in metadata:
-        for name in ("ge", "gt"):
-            if isinstance(item, getattr(annotated_types, name.capitalize())):
-                low = (name, getattr(item, name))
-        for name in ("le", "lt"):
-            if isinstance(item, getattr(annotated_types, name.capitalize())):
-                high = (name, getattr(item, name))
+    for m in metadata:
+        if isinstance(m, annotated_types.Ge):
+            low = ("[", ">=", m.ge)
+        elif isinstance(m, annotated_types.Gt):
+            low = ("(", ">", m.gt)
+        elif isinstance(m, annotated_types.Le):
+            high = ("]", "<=", m.le)
+        elif isinstance(m, annotated_types.Lt):
+            high = (")", "<", m.lt)
     if low and high:
-        return f"in {'[' if low[0] == 'ge' else '('}{low[1]}, {high[1]}{']' if high[0] == 'le' else ')'}"
-    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    return " ".join(f"{symbols[b[0]]} {b[1]}" for b in (low, high) if b)
+        return f"in {low[0]}{low[2]}, {high[2]}{high[0]}"
+    return " ".join(f"{b[1]} {b[2]}" for b in (low, high) if b)
 
 
 def _expected(tp: Any, metadata: list) -> str:

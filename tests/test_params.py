@@ -83,7 +83,9 @@ OUT_OF_RANGE = [
     ({"retrain": {"cron": "every sunday"}}, "retrain.cron: expected a cron expression Prefect accepts"),
     ({"retrain": {"cron": "61 * * * *"}}, "retrain.cron: expected a cron expression Prefect accepts"),
     ({"synthetic": {"cameras_per_id": [2, 7]}}, "synthetic.cameras_per_id: expected [lo, hi] with 2 <= lo <= hi "
-                                                "<= 6 (the cameras of the mars layout), got list [2, 7]"),
+                                                "<= 6 (the layout's cameras), got list [2, 7]"),
+    ({"synthetic": {"layout": "duke", "cameras_per_id": [2, 9]}}, "synthetic.cameras_per_id: expected [lo, hi] "
+                                                                  "with 2 <= lo <= hi <= 8"),
     ({"synthetic": {"cameras_per_id": [2]}}, "synthetic.cameras_per_id: expected a list of 2 ints, got list [2]"),
     ({"synthetic": {"min_len": 30, "max_len": 20}}, "synthetic.max_len: expected >= min_len (30), got int 20"),
     ({"synthetic": {"jpeg_quality": 0}}, "synthetic.jpeg_quality: expected int in [1, 100], got int 0"),
