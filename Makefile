@@ -14,7 +14,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 # pip on this machine lists extra local indexes that warn for every missing package
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install system-deps run test test-fast bench serve ui exps
+.PHONY: install system-deps run lint test test-fast bench serve ui exps
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ system-deps:
 
 run: install
 	$(PY) -m pipeline repro
+
+# ruff: pyflakes, pycodestyle, isort, bugbear (configured in pyproject.toml)
+lint: install
+	$(BIN)/ruff check .
 
 test: install system-deps
 	$(PY) -m pytest

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.stage != "repro":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_ENABLE_TELEMETRY", "false")):
+    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                       ("MLFLOW_ENABLE_TELEMETRY", "false")):
         os.environ.setdefault(key, value)
 
     from psta.errors import UserError

@@ -7,7 +7,7 @@ library's own configs (``TrainConfig``, ``SyntheticConfig``, ``VideoIngestConfig
 every key, type, range and cross-field rule and turns every problem into ONE line naming the
 key, the value, what is allowed and the file to fix::
 
-    params.yaml: model.seq_len: expected a power of two >= 2 for arch psta (2, 4, 8, 16, ...), got int 6; fix it in params.yaml
+    params.yaml: train.gamma: expected float in (0, 1], got int -1; fix it in params.yaml
 
 A new key: add it to params.yaml (with a comment) and to its section below (type, default,
 range as ``Field(default, ge=..., le=...)``, a ``Literal`` for a choice).

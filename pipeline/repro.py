@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from pipeline import servers, tracking
@@ -33,8 +32,7 @@ def run_dvc_repro(dvc_args: list[str], params_path: str = "params.yaml", own_pre
             if own_prefect_server and not env.get("PREFECT_API_URL"):
                 # a project-local home keeps the flow-run history and the server's log
                 env["PREFECT_API_URL"] = stack.enter_context(servers.prefect_server(PREFECT_HOME.resolve()))
-            dvc = Path(sys.executable).with_name("dvc")
-            code = subprocess.run([str(dvc) if dvc.exists() else "dvc", "repro", *dvc_args], env=env).returncode
+            code = subprocess.run([servers.tool_path("dvc"), "repro", *dvc_args], env=env).returncode
         mlflow.set_tag("data_version", tracking.data_version())
         metrics = Path("reports/metrics.json")
         if code == 0 and metrics.exists():

@@ -15,7 +15,6 @@ from pipeline import paths, tracking
 from pipeline.params import Params
 from psta.errors import DatasetError
 
-
 # Stage tasks pass large in-memory tables between them; hashing those for Prefect's input cache
 # would cost more than the work, and DVC already decides what needs to rerun.
 stage_task = functools.partial(task, cache_policy=NONE)

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow  # real `dvc exp run` and `make`
 METRICS_STAGE = '''import json
 from ruamel.yaml import YAML
 train = YAML(typ="safe").load(open("params.yaml"))["train"]
-scores = {"rank1": 50 + train["epochs"], "rank5": 90, "rank10": 95, "rank20": 97, "mAP": 40 + train["epochs"], "mINP": 20}
+scores = {"rank1": 50 + train["epochs"], "rank5": 90, "rank10": 95, "rank20": 97, "mAP": 40 + train["epochs"],
+          "mINP": 20}
 json.dump({"mars_official": scores, "mars_torchreid": scores,
            "untrained": {"mars_official": {"rank1": 5, "mAP": 10}}}, open("reports/metrics.json", "w"))
 '''

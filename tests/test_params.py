@@ -30,7 +30,8 @@ def test_repository_params_are_valid_and_complete():
     [
         ({"data": {"sorce": "mars"}}, "unknown key(s) data.sorce; 'data' accepts: on_bad_frame, root, source"),
         ({"synthetic": {"cameras_per_id": [2, "x"]}}, "synthetic.cameras_per_id[1]: expected int, got str 'x'"),
-        ({"data": {"source": "market"}}, "data.source: expected 'synthetic' | 'mars' | 'duke' | 'videos', got str 'market'"),
+        ({"data": {"source": "market"}},
+         "data.source: expected 'synthetic' | 'mars' | 'duke' | 'videos', got str 'market'"),
         ({"synthetic": {"seed": "zero"}}, "synthetic.seed: expected int >= 0, got str 'zero'"),
         ({"synthetic": {"num_cameras": True}}, "synthetic.num_cameras: expected int or null in [2, 9], got bool True"),
         ({"train": {"epochs": "3"}}, "train.epochs: expected int >= 1, got str '3'"),

@@ -124,7 +124,8 @@ class VideoIngestConfig(Section):
     @model_validator(mode="after")
     def _lengths(self) -> "VideoIngestConfig":
         if self.min_tracklet_len > self.max_tracklet_len:
-            raise FieldError("max_tracklet_len", self.max_tracklet_len, f">= min_tracklet_len ({self.min_tracklet_len})")
+            raise FieldError("max_tracklet_len", self.max_tracklet_len,
+                             f">= min_tracklet_len ({self.min_tracklet_len})")
         return self
 
 

@@ -36,8 +36,8 @@ from typing import Annotated, Any, Callable, Iterable, Iterator, Literal, Mappin
 
 import numpy as np
 import torch
-from torch import nn
 from pydantic import Field, field_validator, model_validator
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from psta.atomic import write_text_atomic
