@@ -24,7 +24,6 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -87,14 +86,14 @@ def index_mb_per_million(index, n: int) -> float:
 
 
 def measure(kind: str, xb, q, truth, knob: str, values, n_timed: int, **config) -> dict:
-    base = IndexConfig(type=kind, **config)
+    base = IndexConfig(index=kind, **config)
     t = time.perf_counter()
     index = build_index(xb, base)
     built = time.perf_counter() - t
     out = {"build_s": round(built, 1), "mb_per_million": round(index_mb_per_million(index, len(xb)), 1),
            "config": base.to_dict(), "sweep": []}
     for v in values:
-        cfg = replace(base, **{knob: v}) if knob else base
+        cfg = base.model_copy(update={knob: v}) if knob else base
         ms, rows = per_query_ms(index, cfg, q, n_timed)
         out["sweep"].append({knob or "exact": v, "ms_per_query": round(ms, 3), "recall_at_10": round(recall(rows, truth[:n_timed]), 4)})
         print(f"  {kind:5s} {knob or '':15s} {v!s:>5}: {ms:8.3f} ms/query, recall@10 {out['sweep'][-1]['recall_at_10']:.4f}", flush=True)

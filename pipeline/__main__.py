@@ -2,7 +2,11 @@
 
 `repro` runs them all (dvc repro), `retrain` runs one retrain (repro + dvc push), `serve`
 serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `search` searches
-the gallery for a person (`python -m pipeline search --help`).
+the gallery for a person (`python -m pipeline search --help`), `export` writes the ONNX model.
+
+Bad input of any kind (params, dataset, cache, weights, report inputs: a psta.errors.UserError)
+is one line on stderr and exit code 2. params.yaml and what its stages need from the machine
+are checked before any Prefect server, MLflow run or DVC command starts.
 """
 from __future__ import annotations
 
@@ -11,75 +15,79 @@ import importlib
 import os
 import sys
 
-STAGES = ("ingest", "index", "cache", "train", "evaluate", "report", "gallery", "export")
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Bad input a user can fix: reported as one line, exit status 2."""
-    from pipeline.params import ParamsError
-    from psta.data.cache import CacheError
-    from psta.errors import DatasetError
-    from psta.export import ExportError
-    from psta.model import PretrainedWeightsError
-
-    return (ParamsError, DatasetError, CacheError, PretrainedWeightsError, ExportError)
-
-
-def _search(argv: list[str]) -> int:
-    from pipeline.search import search_command
-
-    try:
-        return search_command(argv)
-    except _user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+STAGES = ("ingest", "index", "cache", "train", "evaluate", "gallery", "report")
+COMMANDS = ("repro", "retrain", "serve", "export", "search")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_ENABLE_TELEMETRY", "false")):
-        os.environ.setdefault(key, value)
     if argv[:1] == ["search"]:  # its own options (and --help)
         return _search(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument(
-        "stage", choices=(*STAGES, "repro", "retrain", "serve", "search"),
+        "stage", choices=(*STAGES, *COMMANDS),
         help="a dvc.yaml stage; repro for all; retrain for one retrain (repro + dvc push); "
-             "serve to serve the scheduled retrain deployment; search to find a person in the gallery",
+             "serve to serve the scheduled retrain deployment; export for the ONNX model; "
+             "search to find a person in the gallery",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.stage != "repro":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _no_telemetry()
 
-    from pipeline.params import load_params
-
-    user_errors = _user_errors()
+    from psta.errors import UserError
 
     try:
-        load_params(args.params)  # fail on bad params before a flow (and its server) starts
-        if args.stage == "repro":
-            from pipeline.repro import run_dvc_repro
-
-            return run_dvc_repro(extra, params_path=args.params)
-        if args.stage == "serve":
-            from pipeline.retrain import serve
-
-            return serve(params_path=args.params)
-        if args.stage == "retrain":
-            from pipeline.retrain import RetrainBusy, RetrainFailed, retrain
-
-            try:
-                retrain(params_path=args.params)
-            except (RetrainBusy, RetrainFailed) as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
-            return 0
-        module = importlib.import_module(f"pipeline.stages.{args.stage}")
-        module.flow_entry(params_path=args.params)
-    except user_errors as err:
+        return _run(args.stage, args.params, extra)
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _no_telemetry() -> None:
+    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                       ("MLFLOW_ENABLE_TELEMETRY", "false")):
+        os.environ.setdefault(key, value)
+
+
+def _search(argv: list[str]) -> int:
+    from pipeline.search import search_command
+    from psta.errors import UserError
+
+    _no_telemetry()
+    try:
+        return search_command(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(stage: str, params_path: str, extra: list[str]) -> int:
+    from pipeline.params import load_params
+    from pipeline.preflight import check_stages
+
+    # fail on bad params, and on what they need from this machine, before a flow (and its server) starts
+    whole = stage in ("repro", "retrain", "serve")  # these run every stage
+    check_stages(load_params(params_path), STAGES if whole else (stage,), params_path)
+    if stage == "repro":
+        from pipeline.repro import run_dvc_repro
+
+        return run_dvc_repro(extra, params_path=params_path)
+    if stage == "serve":
+        from pipeline.retrain import serve
+
+        return serve(params_path=params_path)
+    if stage == "retrain":
+        from pipeline.retrain import RetrainBusy, RetrainFailed, retrain
+
+        try:
+            retrain(params_path=params_path)
+        except (RetrainBusy, RetrainFailed) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
+    importlib.import_module(f"pipeline.stages.{stage}").flow_entry(params_path=params_path)
     return 0
 
 

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from psta.atomic import atomic_path
+from psta.errors import UserError
 
 INPUT, OUTPUT = "clips", "embeddings"
 TOLERANCE = 1e-4
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """The exported model does not reproduce the PyTorch model."""
 
 

@@ -36,7 +36,7 @@ def exact(x: np.ndarray, q: np.ndarray, k: int, allowed: np.ndarray | None = Non
 def test_flat_index_is_the_exact_search_and_obeys_the_allowed_rows():
     x = clustered(500)
     q = x[:20] + 0.01
-    config = IndexConfig("flat")
+    config = IndexConfig(index="flat")
     index = build_index(x, config)
     sims, rows = search(index, config, q, 10)
     np.testing.assert_array_equal(rows, exact(x, q, 10))
@@ -57,7 +57,7 @@ def test_flat_index_is_the_exact_search_and_obeys_the_allowed_rows():
 def test_approximate_indexes_find_the_exact_neighbours_of_clustered_embeddings(kind):
     x = clustered(4000, dim=64, per_id=10)  # top-10 = an identity's other tracklets, as in re-ID
     q = x[::40] + 0.02
-    config = IndexConfig(kind, ivf_nprobe=16, hnsw_ef_search=64)
+    config = IndexConfig(index=kind, ivf_nprobe=16, hnsw_ef_search=64)
     index = build_index(x, config)
     if kind == "ivf":
         assert index.nlist == 4000 // 39  # 4 sqrt(N) capped so k-means has 39 points per list
@@ -71,10 +71,15 @@ def test_approximate_indexes_find_the_exact_neighbours_of_clustered_embeddings(k
 
 
 def test_index_config_refuses_unknown_types_and_bad_knobs():
-    with pytest.raises(ValueError, match="gallery.index='annoy': choose one of flat, hnsw, ivf"):
-        IndexConfig("annoy")
-    with pytest.raises(ValueError, match="gallery.hnsw_m must be >= 1"):
-        IndexConfig("hnsw", hnsw_m=0)
+    from pipeline.params import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match=r"gallery.index: expected 'flat' \| 'hnsw' \| 'ivf', got str 'annoy'"):
+        parse_params({"gallery": {"index": "annoy"}})
+    with pytest.raises(ParamsError, match=r"gallery.hnsw_m: expected int >= 2, got int 0"):
+        parse_params({"gallery": {"hnsw_m": 0}})
+    with pytest.raises(ParamsError, match=r"gallery.splits: expected auto or a non-empty list of distinct splits"):
+        parse_params({"gallery": {"splits": []}})
+    assert parse_params({"gallery": {"splits": ["query", "gallery"]}}).gallery.splits == ("query", "gallery")
 
 
 def small_index_tables(n_tracklets: int = 6):
@@ -102,7 +107,7 @@ def test_gallery_round_trip_tables_and_damage(tmp_path):
     assert table["representative_frame"].tolist() == ["p/1_1.jpg", "p/2_1.jpg", "p/5_1.jpg"]
     assert table["camera"].tolist() == ["C2", "cam_a", "C2"] and table["video"].tolist() == [None, "cam_a.mp4", None]
     vectors = clustered(3, dim=8, per_id=1)
-    header = write_gallery(tmp_path / "g", vectors, table, gallery_frames, IndexConfig("flat"), {"model": {"sha256": "x"}})
+    header = write_gallery(tmp_path / "g", vectors, table, gallery_frames, IndexConfig(index="flat"), {"model": {"sha256": "x"}})
     assert header["num_vectors"] == 3 and header["embedding_dim"] == 8 and header["model"] == {"sha256": "x"}
 
     gallery = Gallery.open(tmp_path / "g")

@@ -19,7 +19,8 @@ from pipeline import paths
 from pipeline.model_info import model_sha256, read_threshold, registered_version
 from pipeline.params import Params, load_params
 from pipeline.stage import log_files, log_numbers, stage_run, stage_task
-from pipeline.stages.evaluate import METRICS_JSON, PROTOCOLS, sampling_for
+from pipeline.stages.evaluate import METRICS_JSON, sampling_for
+from psta.data.registry import get_dataset, get_protocol
 
 MODEL = paths.MODELS / "model.pt"
 
@@ -29,7 +30,8 @@ def gallery_splits(params: Params, dataset: str) -> tuple[str, ...]:
         return tuple(params.gallery.splits)
     if params.data.source == "videos":
         return ("train", "query", "gallery")
-    return ("query", "gallery") if PROTOCOLS[dataset][0] == "mars_official" else ("gallery",)
+    headline = get_protocol(get_dataset(dataset).headline_protocol)
+    return ("query", "gallery") if headline.queries_in_gallery else ("gallery",)
 
 
 def video_sources(params: Params) -> pd.DataFrame | None:
@@ -104,7 +106,7 @@ def write(params: Params, index, dataset: str, splits, rows: pd.DataFrame, embed
 
     _, checkpoint = load_checkpoint(MODEL)
     sha = model_sha256(MODEL)
-    protocol = PROTOCOLS[dataset][0]
+    protocol = get_dataset(dataset).headline_protocol
     table, frames = gallery_tables(rows, index.frames, video_sources(params))
     header = {
         "model": {"path": str(MODEL), "sha256": sha, "registered": registered_version(model_name(dataset), sha),

@@ -24,30 +24,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 from PIL import Image, ImageFilter
+from pydantic import Field, model_validator
 from scipy.ndimage import uniform_filter1d  # camera backgrounds only (once per camera)
 
 from psta.atomic import atomic_dir
+from psta.config import FieldError, Pair, Section
+from psta.data.mars_layout import MAX_CAMERAS, track_numbers, tracklet_files, write_mars_info
 
 __all__ = [
     "SyntheticConfig",
     "MarsScale",
+    "Painter",
+    "draw_pids",
+    "identity_tracklets",
     "MARS_PUBLISHED",
+    "MARS_CAMERAS",
+    "DUKE_CAMERAS",
     "generate_mars",
     "generate_duke",
     "write_mars_metadata",
-    "savemat_deterministic",
 ]
 
-_MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: psta.data.synthetic"
+MARS_CAMERAS = 6   # cameras of the published releases: the default num_cameras of each layout
+DUKE_CAMERAS = 8
 
 
 # --------------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(Section):
     """Size and look of a synthetic dataset. The defaults are the pipeline's demo scale.
 
     Counts: ``num_train_ids`` / ``num_test_ids`` identities; every identity is seen by
@@ -59,40 +65,46 @@ class SyntheticConfig:
     (``0001C6F0099X30823.jpg``) and a fraction starting at ``F0002`` (at least one of each).
     """
 
-    seed: int = 0
-    num_train_ids: int = 48
-    num_test_ids: int = 48
-    num_cameras: int | None = None          # None: 6 for MARS, 8 for Duke
-    cameras_per_id: tuple[int, int] = (2, 3)
-    tracklets_per_camera: tuple[int, int] = (1, 2)
-    min_len: int = 8
-    max_len: int = 48
-    height: int = 128
-    width: int = 64
-    num_distractor_tracklets: int = 24      # MARS pid 0
-    num_junk_tracklets: int = 12            # MARS pid -1
-    num_distractor_ids: int = 12            # Duke gallery-only identities
-    old_style_fraction: float = 0.3         # Duke old file-name style
-    f0002_fraction: float = 0.1             # Duke tracklets whose first frame is F0002
-    occlusion_prob: float = 0.25
-    jpeg_quality: int = 90
-    max_pid: int = 1500                     # pids are drawn from 1..max_pid
+    seed: int = Field(0, ge=0)
+    num_train_ids: int = Field(48, ge=1)
+    num_test_ids: int = Field(48, ge=1)
+    num_cameras: int | None = Field(None, ge=2, le=9)  # None: 6 for MARS, 8 for Duke
+    cameras_per_id: Pair[int] = (2, 3)
+    tracklets_per_camera: Pair[int] = (1, 2)
+    min_len: int = Field(8, ge=1, le=999)
+    max_len: int = Field(48, ge=1, le=999)   # three frame digits in the names
+    height: int = Field(128, ge=32)
+    width: int = Field(64, ge=16)
+    num_distractor_tracklets: int = Field(24, ge=0)   # MARS pid 0
+    num_junk_tracklets: int = Field(12, ge=0)         # MARS pid -1
+    num_distractor_ids: int = Field(12, ge=0)         # Duke gallery-only identities
+    old_style_fraction: float = Field(0.3, ge=0, le=1)  # Duke old file-name style
+    f0002_fraction: float = Field(0.1, ge=0, le=1)      # Duke tracklets whose first frame is F0002
+    occlusion_prob: float = Field(0.25, ge=0, le=1)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    max_pid: int = Field(1500, ge=1, le=9999)        # pids are drawn from 1..max_pid (4 digits)
 
-    def validate(self, dataset: str) -> int:
-        ncam = self.num_cameras or (6 if dataset == "mars" else 8)
+    @model_validator(mode="after")
+    def _ranges(self) -> "SyntheticConfig":
+        if not 1 <= self.tracklets_per_camera[0] <= self.tracklets_per_camera[1]:
+            raise FieldError("tracklets_per_camera", self.tracklets_per_camera, "[lo, hi] with 1 <= lo <= hi")
+        if self.min_len > self.max_len:
+            raise FieldError("max_len", self.max_len, f">= min_len ({self.min_len})")
+        if self.num_train_ids + self.num_test_ids + self.num_distractor_ids > self.max_pid:
+            raise FieldError("max_pid", self.max_pid, "at least num_train_ids + num_test_ids + "
+                             f"num_distractor_ids ({self.num_train_ids + self.num_test_ids + self.num_distractor_ids})")
+        return self
+
+    def cameras_for(self, default_cameras: int, max_cameras: int = 9) -> int:
+        """The cameras to write for a layout whose release has ``default_cameras`` and whose names
+        hold at most ``max_cameras``; a FieldError if num_cameras or cameras_per_id do not fit."""
+        ncam = self.num_cameras or default_cameras
+        if ncam > max_cameras:
+            raise FieldError("num_cameras", ncam, f"<= {max_cameras} (the layout's names hold one camera digit)")
         lo, hi = self.cameras_per_id
         if not (2 <= lo <= hi <= ncam):
-            raise ValueError(f"cameras_per_id {self.cameras_per_id} must satisfy 2 <= lo <= hi <= {ncam}")
-        if not (1 <= self.tracklets_per_camera[0] <= self.tracklets_per_camera[1]):
-            raise ValueError(f"bad tracklets_per_camera {self.tracklets_per_camera}")
-        if not (1 <= self.min_len <= self.max_len <= 999):
-            raise ValueError(f"need 1 <= min_len <= max_len <= 999, got {self.min_len}, {self.max_len}")
-        if dataset == "mars" and ncam > 9:
-            raise ValueError("MARS names hold a single camera digit: num_cameras <= 9")
-        if self.num_train_ids + self.num_test_ids + self.num_distractor_ids > self.max_pid:
-            raise ValueError("max_pid too small for the requested identities")
-        if self.height < 32 or self.width < 16:
-            raise ValueError("frames must be at least 32 x 16")
+            raise FieldError("cameras_per_id", self.cameras_per_id,
+                             f"[lo, hi] with 2 <= lo <= hi <= {ncam} (the layout's cameras)")
         return ncam
 
 
@@ -192,127 +204,134 @@ def _camera(rng: np.random.Generator, h: int, w: int) -> dict:
     }
 
 
-def _render(app: dict, cam: dict, rng: np.random.Generator, n: int, h: int, w: int,
-            occlusion_prob: float, junk: bool = False) -> np.ndarray:
-    """Render one tracklet: ``n`` frames of a walking person, uint8 n x h x w x 3."""
+class _Figure:
+    """One tracklet's walking person: pose per frame and the label map it is drawn into."""
+
+    def __init__(self, app: dict, cam: dict, rng: np.random.Generator, n: int, h: int, w: int, junk: bool):
+        f32 = np.float32
+        t = np.arange(n, dtype=f32)[:, None, None]
+        self.yy = np.arange(h, dtype=f32)[None, :, None]
+        self.xx = np.arange(w, dtype=f32)[None, None, :]
+        self.direction = float(rng.choice([-1.0, 1.0]))
+        self.front = bool(rng.random() < cam["front_prob"])
+        phase = rng.uniform(0, 2 * np.pi) + t * rng.uniform(0.35, 0.6)
+        self.sinp = np.sin(phase)
+        scale = cam["scale"] * app["hf"] * rng.uniform(0.95, 1.05)
+        if junk:  # a bad detection: part of a body, badly framed, or nothing at all
+            scale *= rng.uniform(1.3, 2.0)
+        self.ph = ph = f32(h * scale) * (1 + f32(0.01) * np.sin(t * f32(rng.uniform(0.1, 0.3))))
+        bob = -f32(0.012) * ph * np.abs(np.cos(phase))
+        self.y0 = (h - ph) * 0.5 + bob + (f32(rng.uniform(-0.5, 0.0) * h) if junk else f32(0))
+        drift = f32(rng.uniform(-0.04, 0.04) * w) + f32(rng.uniform(-0.05, 0.05)) * t
+        self.cx = f32(w / 2) + drift + (f32(rng.uniform(-0.4, 0.4) * w) if junk else f32(0))
+        self.wf = f32(app["wf"])
+        self.lab = np.zeros((n, h, w), np.uint8)
+
+    def band(self, a, b):
+        """Rows between fractions a and b of the person height."""
+        return (self.yy >= self.y0 + a * self.ph) & (self.yy < self.y0 + b * self.ph)
+
+    def put(self, mask, label: int) -> None:
+        np.copyto(self.lab, np.uint8(label), where=mask)
+
+
+def _draw_limbs_and_torso(fig: _Figure, app: dict) -> None:
+    f32, band, put = np.float32, fig.band, fig.put
+    xx, yy, y0, ph, cx, wf = fig.xx, fig.yy, fig.y0, fig.ph, fig.cx, fig.wf
+    # legs (left +1, right -1 swing in opposite phase)
+    hip, foot = f32(0.50), f32(0.97)
+    leg_len = (foot - hip) * ph
+    for s in (-1.0, 1.0):
+        swing = f32(s * 0.07) * ph * fig.sinp * fig.direction
+        centre = cx + f32(s * 0.045) * wf * ph + swing * (yy - (y0 + hip * ph)) / leg_len
+        leg = band(hip, foot) & (np.abs(xx - centre) <= f32(0.042) * wf * ph)
+        lower = f32(0.70) if app["bottom"] == 1 else (f32(0.74) if app["bottom"] == 2 else foot)
+        put(leg & band(hip, lower), _BOTTOM)
+        put(leg & band(lower, foot), _SKIN)
+        put(leg & band(0.925, foot), _SHOES)
+    if app["bottom"] == 2:  # skirt: a trapezoid
+        frac = (yy - (y0 + 0.48 * ph)) / (0.26 * ph)
+        half = (0.10 + 0.06 * frac) * wf * ph
+        put(band(0.48, 0.74) & (np.abs(xx - cx) <= half), _BOTTOM)
+    # arms, swinging against the legs
+    sh, hand = f32(0.15), f32(0.47)
+    arm_len = (hand - sh) * ph
+    for s in (-1.0, 1.0):
+        swing = -f32(s * 0.05) * ph * fig.sinp * fig.direction
+        centre = cx + f32(s * 0.125) * wf * ph + swing * (yy - (y0 + sh * ph)) / arm_len
+        arm = band(sh, hand) & (np.abs(xx - centre) <= f32(0.028) * wf * ph)
+        put(arm & band(sh, 0.41), _TOP2 if app["pattern"] == 4 else _TOP)
+        put(arm & band(0.41, hand), _SKIN)
+    # torso: shoulders wider than the waist
+    frac = (yy - (y0 + 0.14 * ph)) / (0.38 * ph)
+    half = (0.112 - 0.018 * frac) * wf * ph
+    torso = band(0.14, 0.52) & (np.abs(xx - cx) <= half)
+    put(torso, _TOP)
+    pat = app["pattern"]
+    if pat == 1:
+        put(torso & (((yy - y0) / ph * f32(app["stripe_freq"])) % 1.0 < 0.45), _TOP2)
+    elif pat == 2:
+        put(torso & (((xx - cx) / ph * f32(app["stripe_freq"] * 1.4)) % 1.0 < 0.4), _TOP2)
+    elif pat == 3 and fig.front:
+        put(band(0.21, 0.30) & (np.abs(xx - cx) <= f32(0.045) * ph), _TOP2)
+    elif pat == 4:
+        put(band(0.14, 0.19) & (np.abs(xx - cx) <= half), _TOP2)
+
+
+def _draw_head_and_bag(fig: _Figure, app: dict) -> None:
+    f32, band, put = np.float32, fig.band, fig.put
+    xx, yy, y0, ph, cx, wf, front = fig.xx, fig.yy, fig.y0, fig.ph, fig.cx, fig.wf, fig.front
+    hy = y0 + f32(0.075) * ph
+    head = ((xx - cx) / (f32(0.058) * ph)) ** 2 + ((yy - hy) / (f32(0.068) * ph)) ** 2 <= 1
+    put(head, _SKIN)
+    hair_line = hy - (f32(0.01) if front else f32(-0.05)) * ph
+    put(head & (yy < hair_line), _HAIR)
+    if app["long_hair"]:
+        put(band(0.075, 0.22) & (np.abs(xx - cx) <= f32(0.06) * ph) & (~head if front else True), _HAIR)
+    if app["hat"]:
+        put(head & (yy < hy - f32(0.02) * ph), _HAT)
+        put(band(0.05, 0.065) & (np.abs(xx - cx - fig.direction * 0.03 * ph) <= f32(0.075) * ph), _HAT)
+    if app["bag"] == 1:
+        if front:  # straps
+            for s in (-1.0, 1.0):
+                put(band(0.14, 0.32) & (np.abs(xx - cx - s * 0.065 * wf * ph) <= f32(0.012) * ph), _BAG)
+        else:
+            put(band(0.16, 0.42) & (np.abs(xx - cx) <= f32(0.085) * wf * ph), _BAG)
+    elif app["bag"] == 2:
+        side = f32(app["bag_side"])
+        bx = cx + side * f32(0.16) * wf * ph
+        put(band(0.42, 0.55) & (np.abs(xx - bx) <= f32(0.04) * ph), _BAG)
+        put(band(0.15, 0.42) & (np.abs(xx - bx + side * 0.02 * ph) <= f32(0.008) * ph), _BAG)
+
+
+def _occlude(fig: _Figure, rng: np.random.Generator, palette: np.ndarray, ox: np.ndarray, wb: int,
+             h: int, w: int) -> None:
+    """An occluder fixed in the scene (it slides with the background): a pole or a box."""
+    f32, xx, yy = np.float32, fig.xx, fig.yy
+    palette[_OCC] = _OCCS[rng.integers(len(_OCCS))] * rng.uniform(0.8, 1.2)
+    xs = f32(rng.uniform(0, wb))
+    xo = ((xs - ox.astype(f32))[:, None, None] + wb / 2) % wb - wb / 2  # scene x in image coords
+    if rng.random() < 0.5:   # pole
+        pw = f32(rng.uniform(0.06, 0.15) * w)
+        fig.put((xx >= xo + w * 0.3) & (xx < xo + w * 0.3 + pw), _OCC)
+    else:                    # box in front of the legs
+        top = f32(rng.uniform(0.55, 0.8) * h)
+        fig.put((yy >= top) & (xx >= xo) & (xx < xo + f32(rng.uniform(0.4, 0.9) * w)), _OCC)
+
+
+def _compose(fig: _Figure, palette: np.ndarray, bg: np.ndarray, cam: dict, rng: np.random.Generator,
+             n: int, h: int, w: int) -> np.ndarray:
+    """Channel-first: cylindrical shading of the figure, camera light, sensor noise (the camera
+    blur is applied when encoding, see _jpeg). Returns uint8 n x h x w x 3."""
     f32 = np.float32
-    t = np.arange(n, dtype=f32)[:, None, None]
-    yy = np.arange(h, dtype=f32)[None, :, None]
-    xx = np.arange(w, dtype=f32)[None, None, :]
-
-    direction = float(rng.choice([-1.0, 1.0]))
-    front = bool(rng.random() < cam["front_prob"])
-    phase = rng.uniform(0, 2 * np.pi) + t * rng.uniform(0.35, 0.6)
-    sinp = np.sin(phase)
-    scale = cam["scale"] * app["hf"] * rng.uniform(0.95, 1.05)
-    if junk:  # a bad detection: part of a body, badly framed, or nothing at all
-        scale *= rng.uniform(1.3, 2.0)
-    ph = f32(h * scale) * (1 + f32(0.01) * np.sin(t * f32(rng.uniform(0.1, 0.3))))
-    bob = -f32(0.012) * ph * np.abs(np.cos(phase))
-    y0 = (h - ph) * 0.5 + bob + (f32(rng.uniform(-0.5, 0.0) * h) if junk else f32(0))
-    drift = f32(rng.uniform(-0.04, 0.04) * w) + f32(rng.uniform(-0.05, 0.05)) * t
-    cx = f32(w / 2) + drift + (f32(rng.uniform(-0.4, 0.4) * w) if junk else f32(0))
-    wf = f32(app["wf"])
-
-    def band(a, b):  # rows between fractions a and b of the person height
-        return (yy >= y0 + a * ph) & (yy < y0 + b * ph)
-
-    lab = np.zeros((n, h, w), np.uint8)
-    put = lambda mask, k: np.copyto(lab, np.uint8(k), where=mask)  # noqa: E731
-
-    if not (junk and rng.random() < 0.4):
-        # legs (left +1, right -1 swing in opposite phase)
-        hip, foot = f32(0.50), f32(0.97)
-        leg_len = (foot - hip) * ph
-        for s in (-1.0, 1.0):
-            swing = f32(s * 0.07) * ph * sinp * direction
-            centre = cx + f32(s * 0.045) * wf * ph + swing * (yy - (y0 + hip * ph)) / leg_len
-            leg = band(hip, foot) & (np.abs(xx - centre) <= f32(0.042) * wf * ph)
-            lower = f32(0.70) if app["bottom"] == 1 else (f32(0.74) if app["bottom"] == 2 else foot)
-            put(leg & band(hip, lower), _BOTTOM)
-            put(leg & band(lower, foot), _SKIN)
-            put(leg & band(0.925, foot), _SHOES)
-        if app["bottom"] == 2:  # skirt: a trapezoid
-            frac = (yy - (y0 + 0.48 * ph)) / (0.26 * ph)
-            half = (0.10 + 0.06 * frac) * wf * ph
-            put(band(0.48, 0.74) & (np.abs(xx - cx) <= half), _BOTTOM)
-        # arms, swinging against the legs
-        sh, hand = f32(0.15), f32(0.47)
-        arm_len = (hand - sh) * ph
-        for s in (-1.0, 1.0):
-            swing = -f32(s * 0.05) * ph * sinp * direction
-            centre = cx + f32(s * 0.125) * wf * ph + swing * (yy - (y0 + sh * ph)) / arm_len
-            arm = band(sh, hand) & (np.abs(xx - centre) <= f32(0.028) * wf * ph)
-            put(arm & band(sh, 0.41), _TOP2 if app["pattern"] == 4 else _TOP)
-            put(arm & band(0.41, hand), _SKIN)
-        # torso: shoulders wider than the waist
-        frac = (yy - (y0 + 0.14 * ph)) / (0.38 * ph)
-        half = (0.112 - 0.018 * frac) * wf * ph
-        torso = band(0.14, 0.52) & (np.abs(xx - cx) <= half)
-        put(torso, _TOP)
-        pat = app["pattern"]
-        if pat == 1:
-            put(torso & (((yy - y0) / ph * f32(app["stripe_freq"])) % 1.0 < 0.45), _TOP2)
-        elif pat == 2:
-            put(torso & (((xx - cx) / ph * f32(app["stripe_freq"] * 1.4)) % 1.0 < 0.4), _TOP2)
-        elif pat == 3 and front:
-            put(band(0.21, 0.30) & (np.abs(xx - cx) <= f32(0.045) * ph), _TOP2)
-        elif pat == 4:
-            put(band(0.14, 0.19) & (np.abs(xx - cx) <= half), _TOP2)
-        # head and hair
-        hy = y0 + f32(0.075) * ph
-        head = ((xx - cx) / (f32(0.058) * ph)) ** 2 + ((yy - hy) / (f32(0.068) * ph)) ** 2 <= 1
-        put(head, _SKIN)
-        hair_line = hy - (f32(0.01) if front else f32(-0.05)) * ph
-        put(head & (yy < hair_line), _HAIR)
-        if app["long_hair"]:
-            put(band(0.075, 0.22) & (np.abs(xx - cx) <= f32(0.06) * ph) & (~head if front else True), _HAIR)
-        if app["hat"]:
-            put(head & (yy < hy - f32(0.02) * ph), _HAT)
-            put(band(0.05, 0.065) & (np.abs(xx - cx - direction * 0.03 * ph) <= f32(0.075) * ph), _HAT)
-        # bags
-        if app["bag"] == 1:
-            if front:  # straps
-                for s in (-1.0, 1.0):
-                    put(band(0.14, 0.32) & (np.abs(xx - cx - s * 0.065 * wf * ph) <= f32(0.012) * ph), _BAG)
-            else:
-                put(band(0.16, 0.42) & (np.abs(xx - cx) <= f32(0.085) * wf * ph), _BAG)
-        elif app["bag"] == 2:
-            side = f32(app["bag_side"])
-            bx = cx + side * f32(0.16) * wf * ph
-            put(band(0.42, 0.55) & (np.abs(xx - bx) <= f32(0.04) * ph), _BAG)
-            put(band(0.15, 0.42) & (np.abs(xx - bx + side * 0.02 * ph) <= f32(0.008) * ph), _BAG)
-
-    # the detector box follows the person, so the background slides behind it
-    cam_bg, wb = cam["bg"], cam["bg_width"]
-    oy = int(rng.integers(0, cam_bg.shape[1] - h + 1))
-    ox = rng.uniform(0, wb) + direction * rng.uniform(0.3, 1.2) * np.arange(n)
-    starts = np.round(ox).astype(np.int64) % wb
-    bg = np.stack([cam_bg[:, oy:oy + h, x:x + w] for x in starts], axis=1)         # 3 x n x h x w
-
-    # occluders fixed in the scene (slide with the background)
-    palette = app["palette"].copy()
-    if rng.random() < occlusion_prob:
-        palette[_OCC] = _OCCS[rng.integers(len(_OCCS))] * rng.uniform(0.8, 1.2)
-        xs = f32(rng.uniform(0, wb))
-        xo = ((xs - ox.astype(f32))[:, None, None] + wb / 2) % wb - wb / 2  # scene x in image coords
-        if rng.random() < 0.5:   # pole
-            pw = f32(rng.uniform(0.06, 0.15) * w)
-            put((xx >= xo + w * 0.3) & (xx < xo + w * 0.3 + pw), _OCC)
-        else:                    # box in front of the legs
-            top = f32(rng.uniform(0.55, 0.8) * h)
-            put((yy >= top) & (xx >= xo) & (xx < xo + f32(rng.uniform(0.4, 0.9) * w)), _OCC)
-
-    # compose (channel-first): cylindrical shading of the figure, camera light, sensor noise
-    # (the camera blur is applied when encoding, see _jpeg)
     palette[_BG] = 0.0
-    shade = 1.0 - 0.22 * np.clip(np.abs(xx - cx) / (0.16 * ph), 0, 1) ** 2               # n x 1 x w
+    shade = 1.0 - 0.22 * np.clip(np.abs(fig.xx - fig.cx) / (0.16 * fig.ph), 0, 1) ** 2      # n x 1 x w
     img = np.empty((3, n, h, w), f32)
-    lab_i = lab.astype(np.intp)
+    lab_i = fig.lab.astype(np.intp)
     for c in range(3):
         np.take(np.ascontiguousarray(palette[:, c]), lab_i, out=img[c])                  # 3 x n x h x w
     img *= shade
-    bg *= lab == _BG
+    bg *= fig.lab == _BG
     img += bg
     img *= cam["light"] * f32(rng.uniform(0.92, 1.08))
     img *= (1 + f32(0.02) * rng.standard_normal(n).astype(f32))[None, :, None, None]
@@ -321,7 +340,26 @@ def _render(app: dict, cam: dict, rng: np.random.Generator, n: int, h: int, w: i
     for i in range(n):
         img[:, i] += nz[:, offs[i, 0]:offs[i, 0] + h, offs[i, 1]:offs[i, 1] + w]
     np.clip(img, 0, 255, out=img)
-    return np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 3, 0))           # n x h x w x 3
+    return np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 3, 0))
+
+
+def _render(app: dict, cam: dict, rng: np.random.Generator, n: int, h: int, w: int,
+            occlusion_prob: float, junk: bool = False) -> np.ndarray:
+    """Render one tracklet: ``n`` frames of a walking person, uint8 n x h x w x 3."""
+    fig = _Figure(app, cam, rng, n, h, w, junk)
+    if not (junk and rng.random() < 0.4):
+        _draw_limbs_and_torso(fig, app)
+        _draw_head_and_bag(fig, app)
+    # the detector box follows the person, so the background slides behind it
+    cam_bg, wb = cam["bg"], cam["bg_width"]
+    oy = int(rng.integers(0, cam_bg.shape[1] - h + 1))
+    ox = rng.uniform(0, wb) + fig.direction * rng.uniform(0.3, 1.2) * np.arange(n)
+    starts = np.round(ox).astype(np.int64) % wb
+    bg = np.stack([cam_bg[:, oy:oy + h, x:x + w] for x in starts], axis=1)         # 3 x n x h x w
+    palette = app["palette"].copy()
+    if rng.random() < occlusion_prob:
+        _occlude(fig, rng, palette, ox, wb, h, w)
+    return _compose(fig, palette, bg, cam, rng, n, h, w)
 
 
 def _workers(workers: int | None) -> int:
@@ -339,8 +377,13 @@ def _jpeg(frame: np.ndarray, quality: int, blur: int = 0) -> bytes:
     return buf.getvalue()
 
 
-class _Painter:
-    """Renders tracklets with per-seed independent random streams."""
+class Painter:
+    """Renders tracklets with per-seed independent random streams (``stream``: one per layout).
+
+    A writer of a new layout draws identities with :func:`draw_pids` and
+    :func:`identity_tracklets`, then renders jobs ``(appearance key, 0-based camera, frames,
+    serial, junk)`` with :meth:`render_many` and writes the JPEG bytes it yields.
+    """
 
     def __init__(self, cfg: SyntheticConfig, ncam: int, stream: int):
         self.cfg, self.stream = cfg, stream
@@ -360,12 +403,13 @@ class _Painter:
         blur = self.cams[cam]["blur"]
         return [_jpeg(f, self.cfg.jpeg_quality, blur) for f in imgs]
 
-    def render_many(self, jobs: list[tuple], workers: int):
+    def render_many(self, jobs: list[tuple], workers: int | None = None):
         """Yield ``frames(*job)`` for each job, in order, rendered by ``workers`` threads.
 
         numpy and PIL release the GIL in their inner loops; every job has its own random
         stream, so the output does not depend on the number of workers.
         """
+        workers = _workers(workers)
         for job in jobs:                      # appearances first: no dict writes in threads
             self.appearance(job[0])
         if workers <= 1:
@@ -382,94 +426,6 @@ class _Painter:
                 pending[k] = None
 
 
-# --------------------------------------------------------------------------------------------
-# .mat files and MARS names
-# --------------------------------------------------------------------------------------------
-def savemat_deterministic(path: str | os.PathLike, variables: dict) -> None:
-    """``scipy.io.savemat`` with a fixed header text (no creation date): same data, same bytes."""
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, variables, do_compression=False, oned_as="row")
-    data = bytearray(buf.getvalue())
-    data[:116] = _MAT_HEADER.ljust(116, b" ")
-    Path(path).write_bytes(bytes(data))
-
-
-def _digits(values: np.ndarray, width: int) -> np.ndarray:
-    """Zero-padded decimal digits of non-negative ints as an (n, width) uint8 ASCII matrix."""
-    values = np.asarray(values, np.int64)
-    pows = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    return ((values[:, None] // pows[None, :]) % 10 + 48).astype(np.uint8)
-
-
-def _pid_chars(pid: np.ndarray) -> np.ndarray:
-    """MARS identity field: 4 digits, ``00-1`` for junk."""
-    out = _digits(np.maximum(pid, 0), 4)
-    out[pid < 0] = np.frombuffer(b"00-1", np.uint8)
-    return out
-
-
-def _mars_names(pid, cam, tnum, length) -> tuple[np.ndarray, np.ndarray]:
-    """All frame names of the given tracklets, vectorised.
-
-    Returns (lines, starts): ``lines`` an (n_frames, 20) uint8 matrix of
-    ``PPPPCcTttttFfff.jpg\\n``, ``starts`` the 0-based first line of each tracklet.
-    """
-    length = np.asarray(length, np.int64)
-    starts = np.zeros(len(length), np.int64)
-    np.cumsum(length[:-1], out=starts[1:])
-    tr = np.repeat(np.arange(len(length)), length)
-    fnum = np.arange(len(tr), dtype=np.int64) - starts[tr] + 1
-    n = len(tr)
-    lines = np.empty((n, 20), np.uint8)
-    lines[:, 0:4] = _pid_chars(np.asarray(pid))[tr]
-    lines[:, 4] = ord("C")
-    lines[:, 5] = (np.asarray(cam, np.int64)[tr] + 48).astype(np.uint8)
-    lines[:, 6] = ord("T")
-    lines[:, 7:11] = _digits(np.asarray(tnum), 4)[tr]
-    lines[:, 11] = ord("F")
-    lines[:, 12:15] = _digits(fnum, 3)
-    lines[:, 15:19] = np.frombuffer(b".jpg", np.uint8)
-    lines[:, 19] = ord("\n")
-    return lines, starts
-
-
-def _track_numbers(pid: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """1-based running number of each tracklet within its (pid, camera), in array order."""
-    key = np.asarray(pid, np.int64) * 100 + np.asarray(cam, np.int64)
-    order = np.argsort(key, kind="stable")
-    k = key[order]
-    first = np.r_[True, k[1:] != k[:-1]]
-    grp_start = np.maximum.accumulate(np.where(first, np.arange(len(k)), 0))
-    out = np.empty(len(k), np.int64)
-    out[order] = np.arange(len(k)) - grp_start + 1
-    return out
-
-
-def _write_mars_info(root: Path, train: dict, test: dict, query_mask: np.ndarray) -> dict:
-    """Write info/ for tracklets given as dicts of arrays (pid, cam, tnum, length).
-
-    Rows are sorted by name (pid, camera, tracklet number) as in the published files.
-    Returns per-split sorted arrays plus the line matrices.
-    """
-    info = root / "info"
-    info.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, tr in (("train", train), ("test", test)):
-        order = np.lexsort((tr["tnum"], tr["cam"], tr["pid"]))
-        s = {k: np.asarray(v)[order] for k, v in tr.items()}
-        if split == "test":
-            s["query"] = np.asarray(query_mask)[order]
-        lines, starts = _mars_names(s["pid"], s["cam"], s["tnum"], s["length"])
-        (info / f"{split}_name.txt").write_bytes(lines.tobytes())
-        mat = np.stack([starts + 1, starts + s["length"], s["pid"], s["cam"]], axis=1).astype(np.float64)
-        savemat_deterministic(info / f"tracks_{split}_info.mat", {f"track_{split}_info": mat})
-        s["lines"], s["starts"] = lines, starts
-        out[split] = s
-    qidx = np.flatnonzero(out["test"]["query"]) + 1
-    savemat_deterministic(info / "query_IDX.mat", {"query_IDX": qidx.astype(np.float64)[None, :]})
-    return out
-
-
 def _counts(pid: np.ndarray, length: np.ndarray) -> dict:
     pid = np.asarray(pid)
     return {"tracklets": int(len(pid)), "identities": int(len(np.unique(pid[pid > 0]))),
@@ -477,9 +433,10 @@ def _counts(pid: np.ndarray, length: np.ndarray) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# MARS
+# identities (any layout)
 # --------------------------------------------------------------------------------------------
-def _draw_pids(rng: np.random.Generator, cfg: SyntheticConfig, n_extra: int = 0):
+def draw_pids(rng: np.random.Generator, cfg: SyntheticConfig, n_extra: int = 0):
+    """Distinct pids from 1..max_pid: sorted train, test and ``n_extra`` more (e.g. distractors)."""
     pool = rng.choice(np.arange(1, cfg.max_pid + 1), cfg.num_train_ids + cfg.num_test_ids + n_extra, replace=False)
     train = np.sort(pool[:cfg.num_train_ids])
     test = np.sort(pool[cfg.num_train_ids:cfg.num_train_ids + cfg.num_test_ids])
@@ -487,7 +444,7 @@ def _draw_pids(rng: np.random.Generator, cfg: SyntheticConfig, n_extra: int = 0)
     return train, test, extra
 
 
-def _identity_tracklets(rng, cfg: SyntheticConfig, ncam: int, pid: int):
+def identity_tracklets(rng, cfg: SyntheticConfig, ncam: int, pid: int):
     """Cameras and per-camera tracklet counts of one identity."""
     k = int(rng.integers(cfg.cameras_per_id[0], cfg.cameras_per_id[1] + 1))
     cams = np.sort(rng.choice(np.arange(1, ncam + 1), k, replace=False))
@@ -495,6 +452,9 @@ def _identity_tracklets(rng, cfg: SyntheticConfig, ncam: int, pid: int):
     return cams, per
 
 
+# --------------------------------------------------------------------------------------------
+# MARS
+# --------------------------------------------------------------------------------------------
 def _mars_planted(info: dict, root, seed: int, ncam: int) -> dict:
     """What a MARS tree holds, per split, as the index should find it (queries, gallery w/o junk)."""
     te = info["test"]
@@ -536,16 +496,16 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     excludes queries and junk; identities exclude pid 0), junk and distractor counts.
     """
     cfg = cfg or SyntheticConfig()
-    ncam = cfg.validate("mars")
+    ncam = cfg.cameras_for(MARS_CAMERAS, MAX_CAMERAS)
     root = Path(root)
     rng = np.random.default_rng([cfg.seed, 10, 0])
-    train_pids, test_pids, _ = _draw_pids(rng, cfg)
+    train_pids, test_pids, _ = draw_pids(rng, cfg)
     lens = lambda k: rng.integers(cfg.min_len, cfg.max_len + 1, size=k)  # noqa: E731
 
     def build(pids, test: bool):
         pid, cam, query = [], [], []
         for p in pids:
-            cams, per = _identity_tracklets(rng, cfg, ncam, int(p))
+            cams, per = identity_tracklets(rng, cfg, ncam, int(p))
             nq = int(rng.integers(1, len(cams))) if test else 0   # leave >= 1 gallery camera
             qcams = set(rng.choice(cams, nq, replace=False).tolist()) if nq else set()
             for c, m in zip(cams, per):
@@ -559,23 +519,20 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     te_pid = np.concatenate([te_pid, np.zeros(nd, np.int64), -np.ones(nj, np.int64)])
     te_cam = np.concatenate([te_cam, rng.integers(1, ncam + 1, nd + nj)])
     te_q = np.concatenate([te_q, np.zeros(nd + nj, bool)])
-    train = {"pid": tr_pid, "cam": tr_cam, "tnum": _track_numbers(tr_pid, tr_cam), "length": lens(len(tr_pid))}
-    test = {"pid": te_pid, "cam": te_cam, "tnum": _track_numbers(te_pid, te_cam), "length": lens(len(te_pid))}
+    train = {"pid": tr_pid, "cam": tr_cam, "tnum": track_numbers(tr_pid, tr_cam), "length": lens(len(tr_pid))}
+    test = {"pid": te_pid, "cam": te_cam, "tnum": track_numbers(te_pid, te_cam), "length": lens(len(te_pid))}
 
-    painter = _Painter(cfg, ncam, stream=11)
+    painter = Painter(cfg, ncam, stream=11)
     with atomic_dir(root) as tmp:
-        info = _write_mars_info(tmp, train, test, te_q)
+        info = write_mars_info(tmp, train, test, te_q)
         files, jobs = [], []
-        for split, folder in (("train", "bbox_train"), ("test", "bbox_test")):
-            s = info[split]
-            names = s["lines"][:, :19].copy().view("S19").ravel().astype("U19")
-            for i in range(len(s["pid"])):
-                pid, start, n = int(s["pid"][i]), int(s["starts"][i]), int(s["length"][i])
-                d = tmp / folder / names[start][:4]
-                files.append((d, names[start:start + n]))
+        for split in ("train", "test"):
+            pids, cams = info[split]["pid"].tolist(), info[split]["cam"].tolist()
+            for (sub, fnames), pid, cam in zip(tracklet_files(info, split), pids, cams, strict=True):
+                files.append((tmp / sub, fnames))
                 key = pid if pid > 0 else 100_000 + len(jobs)   # distractors/junk: one-off people
-                jobs.append((key, int(s["cam"][i]) - 1, n, len(jobs), pid < 0))
-        for (d, fnames), frames in zip(files, painter.render_many(jobs, _workers(workers))):
+                jobs.append((key, cam - 1, len(fnames), len(jobs), pid < 0))
+        for (d, fnames), frames in zip(files, painter.render_many(jobs, workers)):
             d.mkdir(parents=True, exist_ok=True)
             for name, data in zip(fnames, frames):
                 (d / name).write_bytes(data)
@@ -608,10 +565,10 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     identity/tracklet counts, and style/start counts.
     """
     cfg = cfg or SyntheticConfig()
-    ncam = cfg.validate("duke")
+    ncam = cfg.cameras_for(DUKE_CAMERAS, 9)  # one camera digit
     root = Path(root)
     rng = np.random.default_rng([cfg.seed, 20, 0])
-    train_pids, test_pids, dis_pids = _draw_pids(rng, cfg, cfg.num_distractor_ids)
+    train_pids, test_pids, dis_pids = draw_pids(rng, cfg, cfg.num_distractor_ids)
 
     # (split, pid, tracklet folder, camera, length, f0, x0, old)
     rows: list[tuple] = []
@@ -625,14 +582,14 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
             rows.append((s, pid, tid, cam, n, f0, x0, old))
 
     for p in train_pids:
-        cams, per = _identity_tracklets(rng, cfg, ncam, int(p))
+        cams, per = identity_tracklets(rng, cfg, ncam, int(p))
         tid = 0
         for c, m in zip(cams, per):
             for _ in range(int(m)):
                 tid += 1
                 add(("train",), int(p), tid, int(c))
     for p in test_pids:
-        cams, per = _identity_tracklets(rng, cfg, ncam, int(p))
+        cams, per = identity_tracklets(rng, cfg, ncam, int(p))
         qcam = int(rng.choice(cams))
         tid = 0
         for c, m in zip(cams, per):
@@ -653,7 +610,7 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     qkeys = {(r[1], r[2]): r for r in rows if r[0] == "query"}
     rows = [(r[0],) + qkeys[(r[1], r[2])][1:] if r[0] == "gallery" and (r[1], r[2]) in qkeys else r for r in rows]
 
-    painter = _Painter(cfg, ncam, stream=21)
+    painter = Painter(cfg, ncam, stream=21)
     first: dict[tuple[int, int], int] = {}      # (pid, tracklet) -> job; a query and its gallery copy share one
     jobs = []
     for split, pid, tid, cam, n, f0, x0, old in rows:
@@ -664,7 +621,7 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     for r in rows:
         users.setdefault(first[(r[1], r[2])], []).append(r)
     with atomic_dir(root) as tmp:
-        for j, frames in enumerate(painter.render_many(jobs, _workers(workers))):
+        for j, frames in enumerate(painter.render_many(jobs, workers)):
             for split, pid, tid, cam, n, f0, x0, old in users[j]:
                 d = tmp / split / f"{pid:04d}" / f"{tid:04d}"
                 d.mkdir(parents=True, exist_ok=True)
@@ -800,10 +757,10 @@ def write_mars_metadata(root: str | os.PathLike, seed: int = 0, scale: MarsScale
     te_q = np.zeros(len(te_pid), bool)
     te_q[:len(q_pid)] = True
     # query tracklets come first within their (pid, camera), so they keep T number 1 after sorting
-    train = {"pid": tr_pid, "cam": tr_cam, "tnum": _track_numbers(tr_pid, tr_cam),
+    train = {"pid": tr_pid, "cam": tr_cam, "tnum": track_numbers(tr_pid, tr_cam),
              "length": _exact_lengths(rng, len(tr_pid), sc.train_frames, sc.min_len, sc.max_len, 3.7)}
-    test = {"pid": te_pid, "cam": te_cam, "tnum": _track_numbers(te_pid, te_cam),
+    test = {"pid": te_pid, "cam": te_cam, "tnum": track_numbers(te_pid, te_cam),
             "length": _exact_lengths(rng, len(te_pid), sc.test_frames, sc.min_len, sc.max_len, 3.6)}
     root = Path(root)
-    info = _write_mars_info(root, train, test, te_q)
+    info = write_mars_info(root, train, test, te_q)
     return _mars_planted(info, root, seed, ncam)

@@ -112,7 +112,8 @@ def write_gallery(out_dir: str | Path, embeddings: np.ndarray, table: pd.DataFra
         full = {
             "format": FORMAT, **header, "num_vectors": int(len(table)),
             "embedding_dim": int(embeddings.shape[1]), "metric": "cosine",
-            "index": {**config.to_dict(), **({"ivf_nlist": int(index.nlist)} if config.type == "ivf" else {})},
+            "index": config.index,
+            "index_config": {**config.to_dict(), **({"ivf_nlist": int(index.nlist)} if config.index == "ivf" else {})},
             "files": {name: (tmp / name).stat().st_size for name in (INDEX_FILE, TABLE_FILE, FRAMES_FILE)},
         }
         (tmp / HEADER_FILE).write_text(json.dumps(full, indent=2) + "\n")
@@ -153,12 +154,12 @@ class Gallery:
         if index.ntotal != len(table) or index.d != header["embedding_dim"]:
             raise GalleryError(f"gallery {path}: the index holds {index.ntotal} x {index.d} vectors but the "
                                f"table {len(table)} rows of {header['embedding_dim']}; {REBUILD}")
-        config = IndexConfig(**header["index"])
+        config = IndexConfig.from_dict(header["index_config"])
         return cls(path, header, table, config, index)
 
     def vector(self, row: int) -> np.ndarray:
         """The stored (L2-normalised) embedding of one row."""
-        if self.config.type == "ivf":
+        if self.config.index == "ivf":
             self.index.make_direct_map()
         return self.index.reconstruct(int(row))
 

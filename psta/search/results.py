@@ -51,5 +51,5 @@ def ranked_results(gallery: Gallery, rows: np.ndarray, distances: np.ndarray, ro
 
 def gallery_summary(gallery: Gallery) -> dict[str, Any]:
     h = gallery.header
-    return {"path": str(gallery.path), "num_vectors": h["num_vectors"], "index": h["index"]["type"],
+    return {"path": str(gallery.path), "num_vectors": h["num_vectors"], "index": h["index"],
             "model": h.get("model"), "sampling": h.get("sampling"), "threshold": h.get("threshold")}

@@ -9,38 +9,28 @@ the k best *allowed* rows, not the k best rows filtered afterwards.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
+
+from psta.config import Section
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 
 
-@dataclass(frozen=True)
-class IndexConfig:
-    """``type``: flat | hnsw | ivf. hnsw: ``hnsw_m`` links per node, ``hnsw_ef_construction``,
+class IndexConfig(Section):
+    """``index``: flat | hnsw | ivf. hnsw: ``hnsw_m`` links per node, ``hnsw_ef_construction``,
     ``hnsw_ef_search`` (the search beam). ivf: ``ivf_nlist`` lists (0: 4 sqrt(N), at most N/39 so
-    k-means has 39 points per centroid), ``ivf_nprobe`` lists visited per query."""
+    k-means has 39 points per list), ``ivf_nprobe`` lists visited per query."""
 
-    type: str = "flat"
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 128
-    ivf_nlist: int = 0
-    ivf_nprobe: int = 32
-
-    def __post_init__(self) -> None:
-        if self.type not in INDEX_TYPES:
-            raise ValueError(f"gallery.index={self.type!r}: choose one of {', '.join(INDEX_TYPES)}")
-        for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"gallery.{name} must be >= 1, got {getattr(self, name)}")
-        if self.ivf_nlist < 0:
-            raise ValueError(f"gallery.ivf_nlist must be >= 0 (0: automatic), got {self.ivf_nlist}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    index: Literal[INDEX_TYPES] = "flat"
+    hnsw_m: int = Field(32, ge=2)
+    hnsw_ef_construction: int = Field(80, ge=1)
+    hnsw_ef_search: int = Field(128, ge=1)
+    ivf_nlist: int = Field(0, ge=0)
+    ivf_nprobe: int = Field(32, ge=1)
 
 
 def ivf_lists(config: IndexConfig, num_vectors: int) -> int:
@@ -56,9 +46,9 @@ def build_index(vectors: np.ndarray, config: IndexConfig, seed: int = 0):
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"need a non-empty N x D array of embeddings, got shape {x.shape}")
     d = x.shape[1]
-    if config.type == "flat":
+    if config.index == "flat":
         index = faiss.IndexFlatIP(d)
-    elif config.type == "hnsw":
+    elif config.index == "hnsw":
         index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = config.hnsw_ef_construction
     else:
@@ -86,9 +76,9 @@ def read_index(path: str | Path):
 def _search_parameters(config: IndexConfig, selector):
     import faiss
 
-    if config.type == "hnsw":
+    if config.index == "hnsw":
         return faiss.SearchParametersHNSW(sel=selector, efSearch=config.hnsw_ef_search)
-    if config.type == "ivf":
+    if config.index == "ivf":
         return faiss.SearchParametersIVF(sel=selector, nprobe=config.ivf_nprobe)
     return faiss.SearchParameters(sel=selector) if selector is not None else None
 
