@@ -95,8 +95,9 @@ def measure(kind: str, xb, q, truth, knob: str, values, n_timed: int, **config) 
     for v in values:
         cfg = base.model_copy(update={knob: v}) if knob else base
         ms, rows = per_query_ms(index, cfg, q, n_timed)
-        out["sweep"].append({knob or "exact": v, "ms_per_query": round(ms, 3), "recall_at_10": round(recall(rows, truth[:n_timed]), 4)})
-        print(f"  {kind:5s} {knob or '':15s} {v!s:>5}: {ms:8.3f} ms/query, recall@10 {out['sweep'][-1]['recall_at_10']:.4f}", flush=True)
+        hit = round(recall(rows, truth[:n_timed]), 4)
+        out["sweep"].append({knob or "exact": v, "ms_per_query": round(ms, 3), "recall_at_10": hit})
+        print(f"  {kind:5s} {knob or '':15s} {v!s:>5}: {ms:8.3f} ms/query, recall@10 {hit:.4f}", flush=True)
     if kind == "flat":
         t = time.perf_counter()
         search(index, base, q, K)
@@ -112,7 +113,8 @@ def main(argv=None) -> dict:
     p.add_argument("--hnsw-max", type=int, default=100_000, help="largest size HNSW is built at (its build is slow)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "load_average_at_start": os.getloadavg()},
               "dim": args.dim, "k": K, "sizes": {}}
     for n in args.sizes:
         print(f"{n:,} vectors x {args.dim}", flush=True)

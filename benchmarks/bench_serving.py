@@ -74,8 +74,8 @@ def post_rate(url: str, frames: np.ndarray, rounds: int) -> float:
 def measure(name: str, spec: dict, batches: list[int], rounds: int, http: bool, tmp: Path) -> dict:
     import mlflow
 
-    from pipeline.serving import pixel_model
     from pipeline.servers import model_server
+    from pipeline.serving import pixel_model
     from psta.engine.trainer import resolve_autocast_dtype
     from psta.export import export_onnx, onnx_session
     from psta.model import autocast_context, build_model, save_checkpoint
@@ -102,18 +102,20 @@ def measure(name: str, spec: dict, batches: list[int], rounds: int, http: bool, 
         frames = rng.integers(0, 256, (batch, spec["seq_len"], *spec["frame"], 3), dtype=np.uint8)
         clips = normalised(frames, spec["height"], spec["width"])
 
-        def plain(dtype=dtype):
+        array = clips.numpy()
+
+        def plain(clips=clips, dtype=dtype):
             with torch.no_grad(), autocast_context(device, dtype):
                 model(clips)
 
-        def fp32():
+        def fp32(clips=clips):
             with torch.no_grad():
                 model(clips)
 
         r = {"plain_clips_per_s": rate(plain, batch, rounds),
-             "served_in_process_clips_per_s": rate(lambda: served.predict(frames), batch, rounds),
+             "served_in_process_clips_per_s": rate(lambda frames=frames: served.predict(frames), batch, rounds),
              "torch_fp32_clips_per_s": rate(fp32, batch, rounds),
-             "onnxruntime_clips_per_s": rate(lambda: session.run(None, {"clips": clips.numpy()}), batch, rounds)}
+             "onnxruntime_clips_per_s": rate(lambda x=array: session.run(None, {"clips": x}), batch, rounds)}
         r["served_vs_plain"] = r["served_in_process_clips_per_s"] / r["plain_clips_per_s"]
         r["onnxruntime_vs_torch_fp32"] = r["onnxruntime_clips_per_s"] / r["torch_fp32_clips_per_s"]
         out["batches"][str(batch)] = r
@@ -137,7 +139,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads()}, "sizes": {}}
+                          "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()},
+              "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sizes:
             result["sizes"][name] = measure(name, SIZES[name], args.batches, args.rounds, not args.no_http, Path(tmp))

@@ -136,7 +136,8 @@ def media_query(args, gallery: Gallery, params):
                                    frame_stride=v.frame_stride, interpolation=v.interpolation,
                                    skip_zero_conf=v.skip_zero_conf, decode_batch=v.decode_batch)
     camera = args.camera
-    if camera is None and info["type"] == "video" and args.query.stem.lower() in set(gallery.table["camera"].str.lower()):
+    names = set(gallery.table["camera"].str.lower())
+    if camera is None and info["type"] == "video" and args.query.stem.lower() in names:
         camera = args.query.stem  # a camera of a videos-source gallery names itself
     if camera is not None:
         (camid,) = camera_ids(gallery.table, [camera])

@@ -8,9 +8,6 @@ Prefect flow, the MLflow run and the writing, as the train stage does.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from prefect import flow

@@ -66,7 +66,7 @@ def video_query(video: str | Path, boxes_file: str | Path, track_id: int, height
                 skip_zero_conf: bool = True, decode_batch: int = 32) -> tuple[torch.Tensor, dict[str, Any]]:
     """The crops of one track of a video, cut as the videos ingest cuts them (crop, resize to
     ``crop_height x crop_width``), then resized to the model's input size."""
-    from psta.data.videos import _open_video, clip_boxes, crop_resize, iter_frame_batches, probe_video
+    from psta.data.videos import _open_video, clip_boxes, crop_resize, iter_frame_batches, probe_video, video_fps
     from psta.search.frames import to_model_size
 
     video, boxes_file = Path(video), Path(boxes_file)
@@ -87,10 +87,10 @@ def video_query(video: str | Path, boxes_file: str | Path, track_id: int, height
     if np.any(np.diff(frame0) == 0):
         f = int(frame0[np.flatnonzero(np.diff(frame0) == 0)[0]]) + 1
         raise QueryError(f"box file {boxes_file}: track {track_id} has two boxes in frame {f}; keep one")
+    fps = video_fps(video)
     vr = _open_video(video)
-    fps = float(vr.get_avg_fps()) or 0.0
     crops = []
-    for idx, arr in iter_frame_batches(vr, frame0, decode_batch, video):
+    for _, arr in iter_frame_batches(vr, frame0, decode_batch, video):
         for frame in arr:
             crop = crop_resize(frame, box[len(crops)], crop_height, crop_width, interpolation)
             crops.append(torch.from_numpy(np.array(crop)).permute(2, 0, 1))
