@@ -37,6 +37,16 @@ class DataParams:
     # tree goes (under data/raw/)
     root: str = "data/raw/MARS"
     on_bad_frame: Literal["error", "skip"] = "error"
+    # which of the 10 published train/test splits (iLIDS-VID, PRID-2011); 0 for the others
+    split: int = 0
+    # PRID-2011 without splits_prid2011.json in data.root: iLIDS-VID's train_test_splits_prid.mat
+    split_file: str | None = None
+    # PRID-2011 with neither: the seed of the 10 drawn splits (written to data/ingest/splits.json)
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.split <= 9:
+            raise ValueError(f"data.split={self.split} must be 0..9 (one of the 10 published splits)")
 
 
 @dataclass(frozen=True)
