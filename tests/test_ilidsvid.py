@@ -162,3 +162,13 @@ def test_bad_png_frame_names_the_file(copy, tmp_path):
     rel = frame.relative_to(copy).as_posix()
     assert_fails_cleanly("ilidsvid", copy, tmp_path / "out", re.escape(rel), "truncated PNG",
                          r"data\.on_bad_frame: skip")
+
+
+def test_the_report_summary_names_the_split(src, tmp_path):
+    from psta.report.sections import summary_section
+
+    _, index = run_stages("ilidsvid", src[0], tmp_path / "out", split=4)
+    results = {"protocols": {"ilidsvid": {"rank1": 0.5, "mAP": 0.4, "num_queries": 6, "num_gallery": 6,
+                                          "num_valid_queries": 6}}}
+    facts = dict(summary_section(results, "ilidsvid", "iLIDS-VID", "ilidsvid", None, None, index.stats)["facts"])
+    assert facts["Split"] == f"4 of 0..9 ({SPLIT_FILE}): 6 train / 6 test identities"

@@ -127,3 +127,14 @@ def test_data_split_is_range_checked_and_refused_for_fixed_split_datasets(tmp_pa
     with pytest.raises(DatasetError, match=r"data.split=3, but MARS has one fixed train/test split; set "
                                            r"data.split: 0"):
         read_dataset("mars", tmp_path, split=3)
+
+
+@pytest.mark.parametrize("name", ["mars", "duke", "ilidsvid", "prid", "lsvid"])
+def test_each_paper_config_is_a_valid_params_file_for_its_dataset(name):
+    from pipeline.params import load_params
+    from tests.conftest import REPO
+
+    params = load_params(REPO / "configs" / f"paper_{name}.yaml")
+    assert params.data.source == name and params.model.backbone == "resnet50" and params.model.seq_len == 8
+    assert (params.train.epochs, params.train.lr, params.train.batch_size) == (500, 0.00035, 32)
+    assert params.evaluate.sampling == get_dataset(name).test_sampling

@@ -80,10 +80,10 @@ def ingest(params_path: str = "params.yaml") -> dict:
             planted = generate_synthetic(params, spec, root)
         elif params.data.source == "videos":
             planted = tracklets_from_videos(params, root)
-        raw = read_raw(spec, root)
+        raw = read_raw(spec, root, params)
         ok_mask, bad = check_frames(root, raw, params.data.on_bad_frame)
         info = {"source": params.data.source, "layout": spec.name, "root": str(root),
-                "split": spec.split_scheme}
+                "split": spec.split_scheme, "chosen_split": raw.meta.get("split")}
         stats = {
             **info,
             "tracklets": len(raw.tracklets),
