@@ -16,6 +16,7 @@ logs the numbers to one MLflow run ``splits-summary``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -93,7 +94,8 @@ def summarise(experiments: list[dict], protocols: tuple[str, ...], num_splits: i
             continue
         summary[protocol] = {}
         for m in METRICS:
-            values = [float(r[m]) for r in rows if r.get(m) is not None]
+            # NaN: not computed (a gallery shorter than the rank); left out, never averaged in
+            values = [float(r[m]) for r in rows if r.get(m) is not None and math.isfinite(float(r[m]))]
             summary[protocol][m] = {
                 "mean": round(statistics.fmean(values), 2) if values else None,
                 "std": round(statistics.stdev(values), 2) if len(values) > 1 else None,

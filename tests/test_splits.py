@@ -51,3 +51,14 @@ def test_one_split_has_a_mean_and_no_std(n):
     result = summarise(collect(shown(entry("a", 3, 64.0))), ("ilidsvid",), 10)
     assert result["summary"]["ilidsvid"]["rank1"] == {"mean": 64.0, "std": None, "n": n}
     assert "| 64.0 |" in table(result)
+
+
+def test_a_metric_not_computed_nan_is_left_out():
+    a, b = entry("a", 0, 60.0), entry("b", 1, 70.0)
+    for e in (a, b):
+        e["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["ilidsvid"]["rank20"] = float("nan")
+    a["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["ilidsvid"]["rank10"] = float("nan")
+    result = summarise(collect(shown(a, b)), ("ilidsvid",), 10)
+    assert result["summary"]["ilidsvid"]["rank20"] == {"mean": None, "std": None, "n": 0}
+    assert result["summary"]["ilidsvid"]["rank10"] == {"mean": 95.0, "std": None, "n": 1}
+    assert "| – |" in table(result)
