@@ -3,6 +3,10 @@
 `repro` runs them all (dvc repro), `retrain` runs one retrain (repro + dvc push), `serve`
 serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `splits-summary`
 averages the DVC experiments of a 10-split dataset (pipeline/splits.py).
+
+Bad input of any kind (params, dataset, cache, weights, report inputs: a psta.errors.UserError)
+is one line on stderr and exit code 2. params.yaml and what its stages need from the machine
+are checked before any Prefect server, MLflow run or DVC command starts.
 """
 from __future__ import annotations
 
@@ -26,46 +30,50 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.stage != "repro":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_ENABLE_TELEMETRY", "false")):
+    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                       ("MLFLOW_ENABLE_TELEMETRY", "false")):
         os.environ.setdefault(key, value)
 
-    from pipeline.params import ParamsError, load_params
-    from psta.data.cache import CacheError
-    from psta.errors import DatasetError
-    from pipeline.splits import SplitsSummaryError
-    from psta.model import PretrainedWeightsError
-
-    user_errors = (ParamsError, DatasetError, CacheError, PretrainedWeightsError, SplitsSummaryError)
+    from psta.errors import UserError
 
     try:
-        load_params(args.params)  # fail on bad params before a flow (and its server) starts
-        if args.stage == "repro":
-            from pipeline.repro import run_dvc_repro
-
-            return run_dvc_repro(extra, params_path=args.params)
-        if args.stage == "splits-summary":
-            from pipeline.splits import splits_summary
-
-            splits_summary(params_path=args.params)
-            return 0
-        if args.stage == "serve":
-            from pipeline.retrain import serve
-
-            return serve(params_path=args.params)
-        if args.stage == "retrain":
-            from pipeline.retrain import RetrainBusy, RetrainFailed, retrain
-
-            try:
-                retrain(params_path=args.params)
-            except (RetrainBusy, RetrainFailed) as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
-            return 0
-        module = importlib.import_module(f"pipeline.stages.{args.stage}")
-        module.flow_entry(params_path=args.params)
-    except user_errors as err:
+        return _run(args.stage, args.params, extra)
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _run(stage: str, params_path: str, extra: list[str]) -> int:
+    from pipeline.params import load_params
+    from pipeline.preflight import check_stages
+
+    if stage == "splits-summary":   # reads experiments' metrics: needs valid params, nothing else
+        from pipeline.splits import splits_summary
+
+        load_params(params_path)
+        splits_summary(params_path=params_path)
+        return 0
+
+    # fail on bad params, and on what they need from this machine, before a flow (and its server) starts
+    check_stages(load_params(params_path), (stage,) if stage in STAGES else STAGES, params_path)
+    if stage == "repro":
+        from pipeline.repro import run_dvc_repro
+
+        return run_dvc_repro(extra, params_path=params_path)
+    if stage == "serve":
+        from pipeline.retrain import serve
+
+        return serve(params_path=params_path)
+    if stage == "retrain":
+        from pipeline.retrain import RetrainBusy, RetrainFailed, retrain
+
+        try:
+            retrain(params_path=params_path)
+        except (RetrainBusy, RetrainFailed) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
+    importlib.import_module(f"pipeline.stages.{stage}").flow_entry(params_path=params_path)
     return 0
 
 

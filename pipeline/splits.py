@@ -27,6 +27,7 @@ from typing import Any
 from pipeline import paths
 from pipeline.params import load_params
 from psta.atomic import atomic_path
+from psta.errors import UserError
 
 __all__ = ["SplitsSummaryError", "SPLITS_JSON", "SPLITS_MD", "collect", "splits_summary", "summarise"]
 
@@ -38,7 +39,7 @@ HOW_TO_RUN = ("dvc exp run --queue -S 'data.split=range(0,10)' && dvc exp run --
               "(README: 'The 10-split protocol')")
 
 
-class SplitsSummaryError(ValueError):
+class SplitsSummaryError(UserError, ValueError):
     """There are no experiments to summarise, or they do not fit together."""
 
 

@@ -122,7 +122,7 @@ def test_one_registry_entry_is_all_a_new_dataset_needs(registry_snapshot, tmp_pa
 
 def test_data_split_is_range_checked_and_refused_for_fixed_split_datasets(tmp_path):
     assert parse_params({"data": {"split": 9}}).data.split == 9
-    with pytest.raises(ParamsError, match=r"data.split=10 must be 0..9"):
+    with pytest.raises(ParamsError, match=r"data.split: expected int in \[0, 9\], got int 10"):
         parse_params({"data": {"split": 10}})
     with pytest.raises(DatasetError, match=r"data.split=3, but MARS has one fixed train/test split; set "
                                            r"data.split: 0"):

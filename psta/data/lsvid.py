@@ -220,7 +220,7 @@ def generate_lsvid(root: str | os.PathLike, cfg: SyntheticConfig | None = None, 
     v7.3 (HDF5) file. Returns the planted per-split counts and the queries each protocol skips.
     """
     cfg = cfg or SyntheticConfig()
-    ncam = cfg.validate(default_cameras=MAX_CAMERAS, max_cameras=MAX_CAMERAS)
+    ncam = cfg.cameras_for(MAX_CAMERAS, MAX_CAMERAS)
     root = Path(root)
     rows = _plan(np.random.default_rng([cfg.seed, 60, 0]), cfg, ncam)
     painter = Painter(cfg, ncam, stream=61)

@@ -26,7 +26,7 @@ from psta.data.lsvid import generate_lsvid, read_lsvid
 from psta.data.mars import read_mars
 from psta.data.prid import generate_prid, read_prid
 from psta.data.raw import RawTracklets
-from psta.data.synthetic import generate_duke, generate_mars
+from psta.data.synthetic import DUKE_CAMERAS, MARS_CAMERAS, generate_duke, generate_mars
 from psta.errors import DatasetError
 
 __all__ = [
@@ -82,6 +82,8 @@ class DatasetSpec:
         test_sampling: the paper's test clips (``evaluate.sampling: auto``).
         paper: PSTA's published result, or ``None``.
         split_scheme: how the release splits train and test (recorded with the ingested data).
+        cameras: the release's cameras, the synthetic layout's default ``num_cameras`` (params
+            validation checks ``synthetic.cameras_per_id`` against it; ``None``: the writer does).
         num_splits: how many published train/test splits there are (``data.split`` picks one;
             1 for a fixed split).
         reader_options: the ``data`` keys the reader takes as keyword arguments
@@ -97,6 +99,7 @@ class DatasetSpec:
     test_sampling: Literal["begin", "dense", "all"]
     paper: PaperResult | None
     split_scheme: str
+    cameras: int | None = None
     num_splits: int = 1
     reader_options: tuple[str, ...] = ()
 
@@ -189,13 +192,13 @@ register_dataset(DatasetSpec(
     name="mars", title="MARS", reader=read_mars, synthetic=generate_mars,
     protocols=(MARS_OFFICIAL, MARS_TORCHREID), headline_protocol="mars_official",
     test_sampling="begin", paper=PaperResult(rank1=91.5, mAP=85.8, protocol="mars_official"),
-    split_scheme="fixed: the release's train / test (query_IDX marks the queries)",
+    split_scheme="fixed: the release's train / test (query_IDX marks the queries)", cameras=MARS_CAMERAS,
 ))
 register_dataset(DatasetSpec(
     name="duke", title="DukeMTMC-VideoReID", reader=read_duke, synthetic=generate_duke,
     protocols=(DUKE,), headline_protocol="duke",
     test_sampling="dense", paper=PaperResult(rank1=98.3, mAP=97.7, protocol="duke"),
-    split_scheme="fixed: the release's train / query / gallery folders",
+    split_scheme="fixed: the release's train / query / gallery folders", cameras=DUKE_CAMERAS,
 ))
 
 ILIDSVID = Protocol("ilidsvid", queries_in_gallery=False,
