@@ -1,7 +1,8 @@
 """`python -m pipeline <stage>`: run one stage of dvc.yaml as a Prefect flow.
 
 `repro` runs them all (dvc repro), `retrain` runs one retrain (repro + dvc push), `serve`
-serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `search` searches
+serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `splits-summary`
+averages the DVC experiments of a 10-split dataset (pipeline/splits.py), `search` searches
 the gallery for a person (`python -m pipeline search --help`), `export` writes the ONNX model.
 
 Bad input of any kind (params, dataset, cache, weights, report inputs: a psta.errors.UserError)
@@ -16,7 +17,7 @@ import os
 import sys
 
 STAGES = ("ingest", "index", "cache", "train", "evaluate", "gallery", "report")
-COMMANDS = ("repro", "retrain", "serve", "export", "search")
+COMMANDS = ("repro", "retrain", "serve", "splits-summary", "export", "search")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "stage", choices=(*STAGES, *COMMANDS),
         help="a dvc.yaml stage; repro for all; retrain for one retrain (repro + dvc push); "
-             "serve to serve the scheduled retrain deployment; export for the ONNX model; "
+             "serve to serve the scheduled retrain deployment; splits-summary for the mean and std "
+             "over the data.split experiments; export for the ONNX model; "
              "search to find a person in the gallery",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
@@ -66,6 +68,13 @@ def _search(argv: list[str]) -> int:
 def _run(stage: str, params_path: str, extra: list[str]) -> int:
     from pipeline.params import load_params
     from pipeline.preflight import check_stages
+
+    if stage == "splits-summary":   # reads experiments' metrics: needs valid params, nothing else
+        from pipeline.splits import splits_summary
+
+        load_params(params_path)
+        splits_summary(params_path=params_path)
+        return 0
 
     # fail on bad params, and on what they need from this machine, before a flow (and its server) starts
     whole = stage in ("repro", "retrain", "serve")  # these run every stage
