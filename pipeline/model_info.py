@@ -17,18 +17,16 @@ def model_sha256(path: str | Path) -> str:
 
 
 def verification_threshold(metrics: dict[str, Any], protocol: str) -> float | None:
-    """The calibrated cosine-distance threshold of ``protocol`` in reports/metrics.json
-    (``<protocol>.verification.threshold``, or ``verification.<protocol>.threshold``); None while
-    the evaluation calibrates none."""
-    candidates = (
-        (metrics.get(protocol) or {}).get("verification"),
-        (metrics.get("verification") or {}).get(protocol),
-    )
-    for block in candidates:
-        if isinstance(block, dict) and isinstance(block.get("threshold"), (int, float)):
-            value = float(block["threshold"])
-            if math.isfinite(value):
-                return value
+    """The calibrated same-person threshold of ``protocol`` in reports/metrics.json
+    (``<protocol>.verification.threshold``), as a cosine distance ``1 - cos``: the search's and the
+    served embeddings' distance. None while the evaluation calibrates none, and when it calibrated
+    it on another distance (``evaluate.metric: euclidean``), which no cosine distance compares to."""
+    block = (metrics.get(protocol) or {}).get("verification")
+    if not isinstance(block, dict) or block.get("distance", "cosine") != "cosine":
+        return None
+    value = block.get("threshold")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
     return None
 
 
@@ -50,16 +48,17 @@ def training_data_name(dataset_info: dict[str, Any]) -> str:
     return str(layout or source)
 
 
-def registered_version(name: str, sha256: str) -> str | None:
-    """``name/version`` of the registered model version built from this checkpoint, if any
-    (looked up in the active MLflow store by the :data:`SHA_TAG` tag)."""
+def registered_version(sha256: str) -> str | None:
+    """``name/version`` of the latest registered model version built from this checkpoint, if
+    any: looked up in the active MLflow store by the :data:`SHA_TAG` tag, under any model name."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        found = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and tags.{SHA_TAG} = '{sha256}'")
+        found = mlflow.MlflowClient().search_model_versions(f"tags.{SHA_TAG} = '{sha256}'")
     except MlflowException:
         return None
     if not found:
         return None
-    return f"{name}/{max(int(v.version) for v in found)}"
+    latest = max(found, key=lambda v: (int(v.creation_timestamp or 0), int(v.version)))
+    return f"{latest.name}/{latest.version}"

@@ -148,10 +148,12 @@ class GalleryParams(IndexConfig):
     # data.source=videos: every tracklet of the cameras), or a list of train / query / gallery
     splits: Seq[Literal["train", "query", "gallery"]] | Literal["auto"] = "auto"
 
-    @field_validator("splits")
+    @field_validator("splits", mode="before")
     @classmethod
-    def _some_split(cls, splits):
-        if splits != "auto" and (not splits or len(set(splits)) != len(splits)):
+    def _some_split(cls, splits):  # before the union's own checks: one message, not one per member
+        known = ("train", "query", "gallery")
+        if splits != "auto" and not (isinstance(splits, (list, tuple)) and splits and len(set(splits)) == len(splits)
+                                     and all(isinstance(s, str) and s in known for s in splits)):
             raise ValueError("auto or a non-empty list of distinct splits (train, query, gallery)")
         return splits
 

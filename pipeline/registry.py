@@ -10,7 +10,8 @@ version gets:
 - the alias ``champion`` when its mAP under the dataset's first protocol (the first entry of
   reports/metrics.json, e.g. mars_official) is at least the current champion's;
 - version tags ``mAP``, ``rank1`` (percent), ``protocol``, ``git_commit``, ``params_hash``, and
-  from :func:`pipeline.serving.serving_tags`: ``model_sha256``, ``training_data``, ``threshold``.
+  from :func:`pipeline.serving.serving_tags`: ``model_sha256``, ``training_data``,
+  ``verification_threshold``.
 
 Serve one with ``mlflow models serve -m models:/psta-mars@champion --env-manager local``, load
 it with ``mlflow.pyfunc.load_model(...)`` (the torch module: ``.unwrap_python_model().model``).
@@ -90,7 +91,6 @@ def register(model_path: str | Path, stats_path: str | Path, metrics_path: str |
     ``serving``: the evaluation's sampling, precision and batch size (the served model's)."""
     import mlflow
 
-    from pipeline.model_info import read_threshold, training_data_name
     from pipeline.serving import describe_version, log_pixel_model, serving_tags
     from psta.model import load_checkpoint
 
@@ -102,7 +102,6 @@ def register(model_path: str | Path, stats_path: str | Path, metrics_path: str |
 
     name = model_name(dataset)
     info = log_pixel_model(model_path, config, model.feature_dim, serving)
-    data_name = training_data_name(json.loads(Path(dataset_info_path).read_text()))
     client = mlflow.MlflowClient()
     active = mlflow.active_run()
     run_tags = client.get_run(active.info.run_id).data.tags if active is not None else {}
@@ -112,7 +111,7 @@ def register(model_path: str | Path, stats_path: str | Path, metrics_path: str |
         "protocol": protocol,
         "dataset": dataset,
         **{key: run_tags[key] for key in ("git_commit", "params_hash", "data_version") if key in run_tags},
-        **serving_tags(model_path, data_name, read_threshold(metrics_path, protocol)),
+        **serving_tags(model_path, dataset_info_path, metrics_path, protocol),
     }).version
     describe_version(client, name, str(version), info.model_uri)
     client.set_registered_model_alias(name, CANDIDATE, version)

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.model_info import SHA_TAG, model_sha256
+from pipeline.model_info import SHA_TAG, model_sha256, read_threshold, training_data_name
 
 PIXEL_MODEL = Path(__file__).with_name("pixel_model.py")
 PSTA_PACKAGE = Path(__file__).resolve().parents[1] / "psta"
@@ -40,8 +40,8 @@ def contract(config: dict[str, Any], serving: dict[str, Any], feature_dim: int) 
             f"to {config['height']} x {config['width']} (bicubic, antialias), ImageNet-normalised, and "
             f"{serving['sampling']} test sampling of T={config['seq_len']} frames per clip (a clip of "
             f"{config['seq_len']} frames is used as it is). Output: float32 B x {feature_dim} L2-normalised "
-            "embeddings; cosine distance = 1 - dot product; the version tag 'threshold' is the calibrated "
-            "same-person distance (none until calibrated).")
+            "embeddings; cosine distance = 1 - dot product; same person when it is at most the version tag "
+            "'verification_threshold' (none until calibrated).")
 
 
 def _requirements() -> list[str]:
@@ -84,10 +84,15 @@ def log_pixel_model(model_path: str | Path, config: dict[str, Any], feature_dim:
         return mlflow.pyfunc.log_model(name="model", **kwargs)
 
 
-def serving_tags(model_path: str | Path, dataset_name: str, threshold: float | None) -> dict[str, str]:
-    """Version tags: the checkpoint's sha256, the training data's name, the same-person threshold."""
-    return {SHA_TAG: model_sha256(model_path), "training_data": dataset_name,
-            "threshold": "none" if threshold is None else f"{threshold:.6f}"}
+def serving_tags(model_path: str | Path, dataset_info_path: str | Path, metrics_path: str | Path,
+                 protocol: str) -> dict[str, str]:
+    """Version tags: the checkpoint's sha256, the training data's name (data/ingest/dataset.json)
+    and ``verification_threshold``, the calibrated same-person cosine distance of ``protocol`` in
+    reports/metrics.json (``none`` until the evaluation calibrates one)."""
+    threshold = read_threshold(metrics_path, protocol)
+    return {SHA_TAG: model_sha256(model_path),
+            "training_data": training_data_name(json.loads(Path(dataset_info_path).read_text())),
+            "verification_threshold": "none" if threshold is None else repr(threshold)}
 
 
 def describe_version(client, name: str, version: str, model_uri: str) -> None:

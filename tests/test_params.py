@@ -93,6 +93,18 @@ OUT_OF_RANGE = [
     ({"synthetic": {"jpeg_quality": 0}}, "synthetic.jpeg_quality: expected int in [1, 100], got int 0"),
     ({"videos": {"test_fraction": 1.0}}, "videos.test_fraction: expected float in (0, 1), got float 1.0"),
     ({"videos": {"max_tracklet_len": 1000}}, "videos.max_tracklet_len: expected int in [1, 999], got int 1000"),
+    ({"gallery": {"index": "annoy"}}, "gallery.index: expected 'flat' | 'hnsw' | 'ivf', got str 'annoy'"),
+    ({"gallery": {"splits": []}}, "gallery.splits: expected auto or a non-empty list of distinct splits"),
+    ({"gallery": {"splits": ["query", "query"]}}, "gallery.splits: expected auto or a non-empty list of distinct"),
+    ({"gallery": {"splits": ["test"]}}, "gallery.splits: expected auto or a non-empty list of distinct splits (train, "
+                                        "query, gallery), got list ['test']"),
+    ({"gallery": {"hnsw_m": 1}}, "gallery.hnsw_m: expected int in [2, 256], got int 1"),
+    ({"gallery": {"hnsw_ef_search": 0}}, "gallery.hnsw_ef_search: expected int in [1, 4096], got int 0"),
+    ({"gallery": {"hnsw_ef_construction": 10_000}}, "gallery.hnsw_ef_construction: expected int in [1, 4096]"),
+    ({"gallery": {"ivf_nlist": -1}}, "gallery.ivf_nlist: expected int in [0, 1000000], got int -1"),
+    ({"gallery": {"ivf_nprobe": 0}}, "gallery.ivf_nprobe: expected int in [1, 1000000], got int 0"),
+    ({"gallery": {"ivf_nlist": 16, "ivf_nprobe": 32}}, "gallery.ivf_nprobe: expected at most ivf_nlist (16): the "
+                                                      "lists visited per query are some of the lists, got int 32"),
     ({"report": {"num_examples": -1}}, "report.num_examples: expected int >= 0, got int -1"),
     ({"tracking": {"experiment": ""}}, "tracking.experiment: expected str"),
     ({"data": {"root": "elsewhere/MARS"}}, "data.root: expected a folder under data/raw/ when data.source is "
@@ -107,6 +119,14 @@ def test_out_of_range_values_are_one_line_naming_key_value_and_range(raw, messag
     text = str(err.value)
     assert message in text
     assert text.startswith("params.yaml: ") and text.endswith("; fix it in params.yaml") and "\n" not in text
+
+
+def test_gallery_section_takes_a_list_of_splits_and_gives_the_index_its_knobs():
+    gallery = parse_params({"gallery": {"splits": ["query", "gallery"], "index": "ivf", "ivf_nlist": 64,
+                                        "ivf_nprobe": 64}}).gallery
+    assert gallery.splits == ("query", "gallery")
+    assert gallery.index_config().to_dict() == {"index": "ivf", "hnsw_m": 32, "hnsw_ef_construction": 80,
+                                                "hnsw_ef_search": 128, "ivf_nlist": 64, "ivf_nprobe": 64}
 
 
 def test_several_problems_are_all_named_on_one_line():

@@ -70,18 +70,6 @@ def test_approximate_indexes_find_the_exact_neighbours_of_clustered_embeddings(k
     assert allowed[rows[rows >= 0]].all()
 
 
-def test_index_config_refuses_unknown_types_and_bad_knobs():
-    from pipeline.params import ParamsError, parse_params
-
-    with pytest.raises(ParamsError, match=r"gallery.index: expected 'flat' \| 'hnsw' \| 'ivf', got str 'annoy'"):
-        parse_params({"gallery": {"index": "annoy"}})
-    with pytest.raises(ParamsError, match=r"gallery.hnsw_m: expected int >= 2, got int 0"):
-        parse_params({"gallery": {"hnsw_m": 0}})
-    with pytest.raises(ParamsError, match=r"gallery.splits: expected auto or a non-empty list of distinct splits"):
-        parse_params({"gallery": {"splits": []}})
-    assert parse_params({"gallery": {"splits": ["query", "gallery"]}}).gallery.splits == ("query", "gallery")
-
-
 def small_index_tables(n_tracklets: int = 6):
     """An index-like (tracklets, frames) pair: 3 frames per tracklet, cameras 0 / 1 alternating."""
     tracklets = pd.DataFrame({
@@ -125,6 +113,33 @@ def test_gallery_round_trip_tables_and_damage(tmp_path):
         Gallery.open(tmp_path / "g")
     with pytest.raises(GalleryError, match=r"is not a gallery \(no header.json\); build it with `python -m pipeline"):
         Gallery.open(tmp_path / "nowhere")
+
+
+def test_same_person_is_the_calibrated_cosine_threshold_of_the_evaluation(tmp_path):
+    from pipeline.model_info import read_threshold, verification_threshold
+    from psta.search.results import ranked_results
+
+    block = {"threshold": 0.25, "distance": "cosine", "target_fpr": 0.01}
+    assert verification_threshold({"mars_official": {"mAP": 50.0, "verification": block}}, "mars_official") == 0.25
+    assert verification_threshold({"mars_official": {"mAP": 50.0}}, "mars_official") is None  # not calibrated
+    assert verification_threshold({"mars_official": {"verification": {**block, "distance": "euclidean"}}},
+                                  "mars_official") is None  # another distance than the search's
+    assert verification_threshold({"mars_official": {"verification": {**block, "threshold": float("nan")}}},
+                                  "mars_official") is None
+    assert verification_threshold({"duke_official": {"verification": block}}, "mars_official") is None
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"mars_official": {"mAP": 50.0, "verification": block}}))
+    assert read_threshold(metrics, "mars_official") == 0.25 and read_threshold(tmp_path / "none.json", "x") is None
+
+    tracklets, frames = small_index_tables()
+    table, gallery_frames = gallery_tables(tracklets, frames)
+    write_gallery(tmp_path / "g", clustered(6, dim=8, per_id=1), table, gallery_frames, IndexConfig(), {})
+    gallery = Gallery.open(tmp_path / "g")
+    rows, distances = np.array([3, 0, 4]), np.array([0.1, 0.25, 0.4])
+    found = ranked_results(gallery, rows, distances, tmp_path, threshold=0.25)
+    assert [r["same_person"] for r in found] == [True, True, False]  # distance <= threshold
+    assert [r["tracklet_id"] for r in found] == [3, 0, 4] and [r["rank"] for r in found] == [1, 2, 3]
+    assert [r["same_person"] for r in ranked_results(gallery, rows, distances, tmp_path, None)] == [None] * 3
 
 
 def test_filters_cameras_exclusion_and_the_protocols_ignore_rule():

@@ -257,7 +257,7 @@ def test_served_champion_embeds_raw_frames_as_the_evaluation(demo, tmp_path):
 
     client = mlflow.MlflowClient(demo.env["MLFLOW_TRACKING_URI"])
     version = client.get_model_version_by_alias("psta-mars", "champion")
-    assert version.tags["training_data"] == "synthetic-mars" and version.tags["threshold"] == "none"
+    assert version.tags["training_data"] == "synthetic-mars" and version.tags["verification_threshold"] == "none"
     assert version.tags["model_sha256"] == model_sha256(demo.path / "data/models/model.pt")
     assert "Input: uint8 RGB frames B x T x H x W x 3" in version.description
 

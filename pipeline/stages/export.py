@@ -42,13 +42,11 @@ def export_model() -> dict:
 
 
 @stage_task
-def attach_to_version(dataset: str, report: dict) -> str | None:
+def attach_to_version(report: dict) -> str | None:
     """Log the ONNX file to the registered version's run and tag the version; its name/version."""
     import mlflow
 
-    from pipeline.registry import model_name
-
-    found = registered_version(model_name(dataset), report["model_sha256"])
+    found = registered_version(report["model_sha256"])
     if found is None:
         log.warning("no registered model version holds %s (run the evaluate stage); the ONNX file is "
                     "logged to this run only", MODEL)
@@ -68,8 +66,7 @@ def export(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     with stage_run("export", params, ()):
         report = export_model()
-        dataset = json.loads((paths.INDEX / "stats.json").read_text())["dataset"]
-        version = attach_to_version(dataset, report)
+        version = attach_to_version(report)
         log_numbers({k: report[k] for k in ("max_rel_diff", "max_abs_diff")})
         log_files(PARITY)
         return {**report, "registered_version": version}

@@ -96,7 +96,6 @@ def read_rows(params: Params):
 
 @stage_task
 def write(params: Params, index, dataset: str, splits, rows: pd.DataFrame, embeddings: np.ndarray) -> dict:
-    from pipeline.registry import model_name
     from pipeline.stages.ingest import dataset_root
     from psta.model import load_checkpoint
     from psta.search.gallery import gallery_tables, write_gallery
@@ -106,7 +105,7 @@ def write(params: Params, index, dataset: str, splits, rows: pd.DataFrame, embed
     protocol = get_dataset(dataset).headline_protocol
     table, frames = gallery_tables(rows, index.frames, video_sources(params))
     header = {
-        "model": {"path": str(MODEL), "sha256": sha, "registered": registered_version(model_name(dataset), sha),
+        "model": {"path": str(MODEL), "sha256": sha, "registered": registered_version(sha),
                   **{k: checkpoint["config"].get(k) for k in ("arch", "backbone", "seq_len", "height", "width")}},
         "dataset": dataset, "source": params.data.source, "root": str(dataset_root(params)),
         "splits": list(splits), "protocol": protocol, "sampling": sampling_for(params, dataset),

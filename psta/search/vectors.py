@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from psta.config import Section
+from psta.config import FieldError, Section
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 TRAIN_POINTS_PER_LIST = 64
@@ -27,11 +27,18 @@ class IndexConfig(Section):
     k-means has 39 points per list), ``ivf_nprobe`` lists visited per query."""
 
     index: Literal[INDEX_TYPES] = "flat"
-    hnsw_m: int = Field(32, ge=2)
-    hnsw_ef_construction: int = Field(80, ge=1)
-    hnsw_ef_search: int = Field(128, ge=1)
-    ivf_nlist: int = Field(0, ge=0)
-    ivf_nprobe: int = Field(32, ge=1)
+    hnsw_m: int = Field(32, ge=2, le=256)
+    hnsw_ef_construction: int = Field(80, ge=1, le=4096)
+    hnsw_ef_search: int = Field(128, ge=1, le=4096)
+    ivf_nlist: int = Field(0, ge=0, le=1_000_000)
+    ivf_nprobe: int = Field(32, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _probe_at_most_the_lists(self):
+        if self.ivf_nlist and self.ivf_nprobe > self.ivf_nlist:
+            raise FieldError("ivf_nprobe", self.ivf_nprobe, f"at most ivf_nlist ({self.ivf_nlist}): the lists "
+                             "visited per query are some of the lists")
+        return self
 
 
 def ivf_lists(config: IndexConfig, num_vectors: int) -> int:
