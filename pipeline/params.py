@@ -106,6 +106,9 @@ class EvaluateParams:
     num_workers: int = 2
     max_rank: int = 50
     untrained_baseline: bool = True
+    target_fpr: float = 1e-3  # the "same person" threshold's false-positive rate on the test pairs
+    bootstrap: int = 1000  # resamples of the 95% intervals of rank-1 / mAP (0: none)
+    bootstrap_seed: int = 0
 
 
 @dataclass(frozen=True)
