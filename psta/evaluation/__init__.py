@@ -20,13 +20,13 @@ Public API::
 from .bootstrap import bootstrap_intervals
 from .distance import METRICS, pairwise_distance
 from .metrics import cmc_at, rank_metrics, rank_metrics_from_features
-from .protocols import PROTOCOLS, ProtocolSplit, evaluate_protocol, protocol_split, summary
+from .protocols import PROTOCOLS, Protocol, ProtocolSplit, evaluate_protocol, protocol_split, summary
 from .rerank import re_rank
 from .verification import FPR_POINTS, verification_metrics, verification_metrics_from_features
 
 __all__ = [
-    "FPR_POINTS", "METRICS", "PROTOCOLS", "ProtocolSplit", "bootstrap_intervals", "cmc_at",
-    "evaluate_protocol", "pairwise_distance", "protocol_split", "rank_metrics",
+    "FPR_POINTS", "METRICS", "PROTOCOLS", "Protocol", "ProtocolSplit", "bootstrap_intervals",
+    "cmc_at", "evaluate_protocol", "pairwise_distance", "protocol_split", "rank_metrics",
     "rank_metrics_from_features", "re_rank", "summary", "verification_metrics",
     "verification_metrics_from_features",
 ]

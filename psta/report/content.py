@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Figure", "Table", "camera_label", "ci_text", "data_uri", "fmt", "fmt_int", "fpr_text", "pct"]
+from psta.data.registry import PROTOCOLS
+
+__all__ = ["Figure", "Table", "camera_label", "ci_text", "data_uri", "fmt", "fmt_int", "fpr_text", "pct", "protocol_text"]
 
 
 @dataclass(frozen=True)
@@ -88,3 +90,8 @@ def camera_label(camid: Any) -> str:
 def fpr_text(fpr: float) -> str:
     """0.001 -> "0.1%"; 0.0001 -> "0.01%"."""
     return f"{100 * float(fpr):g}%"
+
+
+def protocol_text(name: str) -> str:
+    """What a registered protocol's gallery is ("" for a protocol the registry does not know)."""
+    return PROTOCOLS[name].description if name in PROTOCOLS else ""

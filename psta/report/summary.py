@@ -6,9 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from psta.evaluation.protocols import PROTOCOLS
-
-from .content import ci_text, fmt, fmt_int, fpr_text, pct
+from .content import ci_text, fmt, fmt_int, fpr_text, pct, protocol_text
 
 __all__ = ["summary_section"]
 
@@ -98,7 +96,7 @@ def summary_section(results: dict, dataset: str, ds_label: str, headline: str,
     setup = [
         ("Dataset", f"{ds_label} ({dataset})"),
         ("Protocols", ", ".join(results["protocols"])),
-        ("Headline protocol", f"{headline} — {PROTOCOLS.get(headline, '')}".rstrip(" —")),
+        ("Headline protocol", f"{headline} — {protocol_text(headline)}".rstrip(" —")),
         ("Test clip sampling", str(results.get("sampling", "–"))),
         ("Distance", metric),
         ("Re-ranking", _rerank_text(results.get("rerank"))),

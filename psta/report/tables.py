@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from psta.evaluation.protocols import PROTOCOLS
-
-from .content import Table, camera_label, ci_text, fmt, fmt_int, fpr_text, pct
+from .content import Table, camera_label, ci_text, fmt, fmt_int, fpr_text, pct, protocol_text
 
 __all__ = ["METRIC_COLUMNS", "results_section", "camera_section", "dataset_section",
            "untrained_numbers"]
@@ -82,7 +80,7 @@ def _verification_table(protocols: dict, order: list[str], metric: str) -> Table
 
 def _protocol_notes(order: list[str], paper_row: dict | None, headline: str, synthetic: bool,
                     paper_name: str) -> str:
-    notes = [f"{name}: {PROTOCOLS[name]}." for name in order if PROTOCOLS.get(name)]
+    notes = [f"{name}: {protocol_text(name)}." for name in order if protocol_text(name)]
     notes.append("95% CI: bootstrap interval over the test queries (seeded); it shows how much "
                  "the number would move with another draw of queries, not between trainings.")
     if synthetic:
