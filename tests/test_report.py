@@ -585,3 +585,20 @@ def test_metrics_json_holds_the_threshold_and_intervals(inputs):
         assert round(100 * (accepted & same & ~junk).sum() / (same & ~junk).sum(), 2) == v["tpr_at_target_fpr"]
     assert set(metrics["untrained"]["mars_official"]) == {"rank1", "mAP", "rank1_ci95_low",
                                                           "rank1_ci95_high", "mAP_ci95_low", "mAP_ci95_high"}
+
+
+def test_evaluate_stage_records_what_was_trained_on():
+    """The report's "training identities" counts the identities trained on: the held-out
+    validation ones (the trainer's own split) apart."""
+    from pipeline.stages.evaluate import model_record
+    from psta.engine import split_validation
+
+    config = {"arch": "psta", "num_classes": 20, "seq_len": 4, "height": 64, "width": 32,
+              "backbone": "resnet18", "pretrained": "none"}
+    record = model_record({"config": config, "epochs": 14, "train_config": {
+        "val_fraction": 0.1, "seed": 3, "precision": "fp32", "device": "cpu"}})
+    _, held = split_validation(np.arange(20), 0.1, (), 3)
+    assert (record["train_identities"], record["val_identities"]) == (20 - len(held), len(held)) == (18, 2)
+    assert record["precision"] == "fp32" and record["epochs"] == 14 and record["backbone"] == "resnet18"
+    auto = model_record({"config": config, "train_config": {"precision": "auto", "device": "cpu"}})
+    assert auto["precision"] in ("auto (fp32)", "auto (bf16)") and auto["val_identities"] == 0

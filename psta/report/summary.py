@@ -45,13 +45,19 @@ def _rerank_text(value: Any) -> str:
 
 
 def _model_facts(model: dict) -> list[tuple[str, str]]:
-    arch = {"psta": "PSTA", "tap": "temporal average pooling (TAP)"}.get(model.get("arch"), model.get("arch"))
-    facts = [("Architecture", f"{arch}, {model.get('backbone', '?')} backbone"),
-             ("Input", f"{model.get('height')} × {model.get('width')} px, T = {model.get('seq_len')} frames per clip"),
-             ("Pretrained weights", str(model.get("pretrained", "–"))),
-             ("Epochs", fmt_int(model.get("epochs"))),
-             ("Precision", str(model.get("precision", "–")))]
-    return [(k, v) for k, v in facts if "None" not in v]
+    """The architecture and the recipe, from results.json's ``model`` record."""
+    facts = []
+    if "arch" in model:
+        arch = {"psta": "PSTA", "tap": "temporal average pooling (TAP)"}.get(model["arch"], model["arch"])
+        facts.append(("Architecture", f"{arch}, {model.get('backbone', '?')} backbone"))
+    if {"height", "width", "seq_len"} <= set(model):
+        facts.append(("Input", f"{model['height']} × {model['width']} px, T = {model['seq_len']} "
+                               "frames per clip"))
+    for key, label in (("pretrained", "Pretrained weights"), ("epochs", "Epochs"),
+                       ("precision", "Precision")):
+        if model.get(key) is not None:
+            facts.append((label, str(model[key])))
+    return facts
 
 
 def _provenance_facts(prov: dict) -> list[tuple[str, str]]:
