@@ -100,27 +100,40 @@ def build_report(eval_dir: str | os.PathLike, index_dir: str | os.PathLike | Non
     index_dir = Path(index_dir) if index_dir is not None else None
     inputs = read_inputs(eval_dir, index_dir, Path(history_csv) if history_csv is not None else None,
                          Path(metrics_json) if metrics_json is not None else None)
-    results, notes = inputs.results, inputs.notes
-    protocols = results["protocols"]
-    dataset = str(results.get("dataset") or ("duke" if "duke" in protocols else "mars")).lower()
+    protocols = inputs.results["protocols"]
+    dataset = str(inputs.results.get("dataset") or ("duke" if "duke" in protocols else "mars")).lower()
     headline = headline_protocol(dataset, protocols, paper)
+    context = _sections(inputs, dataset, headline, paper, data_source == "synthetic",
+                        {**(inputs.results.get("provenance") or {}), **(provenance or {})},
+                        Path(cache_dir) if cache_dir is not None else None, num_examples, tile_height)
+    context["footer"] = _footer(eval_dir, index_dir, cache_dir, history_csv, metrics_json)
+    context["selection"] = selection
+    figures = [context[k][f] for k, f in (("cmc", "figure"), ("verification", "roc"),
+                                          ("verification", "distances"), ("ap", "figure"),
+                                          ("embedding", "figure"), ("training", "figure"))
+               if context[k][f] is not None]
+    ranked_figs = [f for g in context["ranked"]["groups"] for f in g["figures"]]
+    figures += ranked_figs
+    return _write(context, figures, ranked_figs, Path(out_html), Path(out_md), inputs.notes, headline)
+
+
+def _sections(inputs, dataset: str, headline: str, paper: dict | None, synthetic: bool,
+              provenance: dict, cache_dir: Path | None, num_examples: int, tile_height: int) -> dict:
+    """Every section's plain data, the title and the subtitle: the templates' context."""
+    results, notes = inputs.results, inputs.notes
     paper_row = paper_result(dataset, paper)
     untrained = tables.untrained_numbers(results, inputs.metrics)
     if not untrained:
         notes.setdefault("untrained", "no untrained-model numbers")
-
-    synthetic = data_source == "synthetic"
     ds_name = dataset_display_name(dataset, paper)
     ds_label = f"synthetic, {ds_name} layout" if synthetic else ds_name
     comparable = None if synthetic else paper_row  # no deltas to the paper on the demo data
     context = {
         "title": f"PSTA video re-identification — {ds_label} run report",
         "subtitle": (f"Pyramid Spatial-Temporal Aggregation (ICCV 2021) reproduction · dataset "
-                     f"{dataset} · protocols {', '.join(protocols)}"),
-        "footer": _footer(eval_dir, index_dir, cache_dir, history_csv, metrics_json),
-        "selection": selection,
+                     f"{dataset} · protocols {', '.join(results['protocols'])}"),
         "summary": summary_section(results, dataset, ds_label, headline, comparable, inputs.history,
-                                   inputs.stats, {**(results.get("provenance") or {}), **(provenance or {})}),
+                                   inputs.stats, provenance),
         "results": tables.results_section(results, headline, ds_label, paper_table(paper), paper_row,
                                           untrained, synthetic),
         "cmc": plots.cmc_section(results, untrained, headline, comparable),
@@ -131,17 +144,10 @@ def build_report(eval_dir: str | os.PathLike, index_dir: str | os.PathLike | Non
         "training": plots.training_section(inputs.history, notes.get("history")),
         "dataset": tables.dataset_section(inputs.stats, notes.get("stats")),
         "ranked": ranked_section(inputs.ranked, [inputs.eval_tracklets, inputs.index_tracklets],
-                                 Path(cache_dir) if cache_dir is not None else None, headline,
-                                 num_examples, notes.get("ranked"), tile_height),
+                                 cache_dir, headline, num_examples, notes.get("ranked"), tile_height),
     }
     context["sections"] = [context[k] for k in SECTION_ORDER]
-    figures = [context[k][f] for k, f in (("cmc", "figure"), ("verification", "roc"),
-                                          ("verification", "distances"), ("ap", "figure"),
-                                          ("embedding", "figure"), ("training", "figure"))
-               if context[k][f] is not None]
-    ranked_figs = [f for g in context["ranked"]["groups"] for f in g["figures"]]
-    figures += ranked_figs
-    return _write(context, figures, ranked_figs, Path(out_html), Path(out_md), notes, headline)
+    return context
 
 
 def _write(context: dict, figures: list, ranked_figs: list, out_html: Path, out_md: Path,
