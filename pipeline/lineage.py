@@ -11,11 +11,11 @@ and row count) with:
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.stage import read_dataset_info
 
 INDEX_FILES = ("tracklets.parquet", "frames.parquet")
 
@@ -39,7 +39,7 @@ def log_dataset_input(context: str) -> dict[str, str]:
     import pandas as pd
     from mlflow.data.dataset_source_registry import resolve_dataset_source
 
-    info = json.loads(paths.DATASET_INFO.read_text())
+    info = read_dataset_info()
     source = str(Path(info["root"]).resolve())
     with warnings.catch_warnings():  # MLflow registers its local-path source twice and says so
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")

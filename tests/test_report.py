@@ -24,8 +24,7 @@ from psta.data.synthetic import SyntheticConfig, generate_mars
 from psta.evaluation import evaluate_protocol, pairwise_distance, protocol_split
 from psta.evaluation.outputs import write_eval_outputs, write_metrics
 from psta.index import index_from_manifest, ingest
-from psta.report import (MATCH_COLOR, MISS_COLOR, QUERY_COLOR, ReportInputError, paper_table,
-                         build_report, strip_layout)
+from psta.report import MATCH_COLOR, MISS_COLOR, QUERY_COLOR, ReportInputError, build_report, paper_table, strip_layout
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("mars_official", "mars_torchreid")
@@ -240,7 +239,7 @@ def strip_boxes(img_attrs: dict, n_frames: int, tile_w: int):
 def check_strip_colours(img: np.ndarray, lay, matches: list[bool]) -> dict[str, int]:
     colours = {"green": 0, "red": 0}
     assert img.shape == (lay.height, lay.width, 3)
-    for x0, y0, x1, y1 in lay.query_boxes:
+    for x0, y0, _, _ in lay.query_boxes:
         assert tuple(img[y0 + 1, x0 + 1]) == QUERY_COLOR
     for match, (x0, y0, x1, y1) in zip(matches, lay.gallery_boxes):
         want = MATCH_COLOR if match else MISS_COLOR
@@ -329,18 +328,19 @@ def test_markdown_lists_the_same_numbers(report, inputs):
     assert "91.5" in md and "85.8" in md and "98.3" in md and "97.7" in md
     for name in PROTOCOLS:
         r = inputs["results"][name]
-        row = next(l for l in md.splitlines() if l.startswith("|") and "Ours, trained" in l and name in l)
+        row = next(line for line in md.splitlines()
+                   if line.startswith("|") and "Ours, trained" in line and name in line)
         assert pct(r["rank1"]) in row and pct(r["mAP"]) in row
-        row = next(l for l in md.splitlines() if "Ours, untrained" in l and name in l)
+        row = next(line for line in md.splitlines() if "Ours, untrained" in line and name in line)
         assert pct(inputs["untrained"][name]["rank1"]) in row
     per_cam = inputs["results"]["mars_official"]["per_camera"]
     for cam, m in per_cam.items():
-        row = next(l for l in md.splitlines() if l.startswith(f"| C{cam + 1} |"))
+        row = next(line for line in md.splitlines() if line.startswith(f"| C{cam + 1} |"))
         assert pct(m["rank1"]) in row if np.isfinite(m["rank1"]) else "–" in row
     # the HTML results table and the Markdown one hold the same cells
     html_rows = report["parsed"].tables["results-table"]
-    md_rows = [[c.strip().strip("*") for c in l.strip("|").split("|")]
-               for l in md.splitlines() if l.startswith("| ") and ("Ours," in l or "PSTA paper" in l)]
+    md_rows = [[c.strip().strip("*") for c in line.strip("|").split("|")]
+               for line in md.splitlines() if line.startswith("| ") and ("Ours," in line or "PSTA paper" in line)]
     assert md_rows == html_rows[1:]
 
 

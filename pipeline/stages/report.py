@@ -6,14 +6,13 @@ provenance the report states includes the registered model version the evaluate 
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 
 from prefect import flow
 
 from pipeline import paths
 from pipeline.params import load_params
-from pipeline.stage import log_files, stage_run, stage_task
+from pipeline.stage import log_files, read_dataset_info, read_json, stage_run, stage_task
 from pipeline.stages.evaluate import METRICS_JSON
 from pipeline.stages.train import HISTORY_CSV
 
@@ -40,7 +39,7 @@ def registered_version(eval_run_id: str | None) -> dict[str, str]:
 
 
 def report_provenance() -> dict[str, str]:
-    results = json.loads((paths.EVAL / "results.json").read_text())
+    results = read_json(paths.EVAL / "results.json")
     evaluated = results.get("provenance") or {}
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return {**registered_version(evaluated.get("mlflow_run_id")), "report_date": now}
@@ -50,7 +49,7 @@ def report_provenance() -> dict[str, str]:
 def render(num_examples: int, provenance: dict[str, str]) -> dict:
     from psta.report import build_report
 
-    source = json.loads(paths.DATASET_INFO.read_text())["source"]
+    source = read_dataset_info()["source"]
     return build_report(paths.EVAL, paths.INDEX, paths.CACHE, HISTORY_CSV, METRICS_JSON,
                         REPORT_HTML, REPORT_MD, num_examples=num_examples, data_source=source,
                         provenance=provenance)

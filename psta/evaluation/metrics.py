@@ -42,7 +42,7 @@ import numpy as np
 
 from ._topk import smallest_k
 from ._validate import as_features, as_ids, check_positive_int
-from .distance import DistanceRows, as_distance_matrix, iter_distance_blocks, _check_metric
+from .distance import DistanceRows, _check_metric, as_distance_matrix, iter_distance_blocks
 
 __all__ = ["rank_metrics", "rank_metrics_from_features", "cmc_at"]
 

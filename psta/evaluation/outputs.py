@@ -79,7 +79,7 @@ def ranked_table(results: dict[str, dict]) -> pa.Table:
         nq, k = ranked.shape
         keep = ranked >= 0
 
-        def per_query(values, dtype):
+        def per_query(values, dtype, k=k, keep=keep):
             return np.repeat(np.asarray(values, dtype), k)[keep.ravel()]
 
         first_d = np.asarray(res["first_match_distance"], np.float64)

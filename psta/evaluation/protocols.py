@@ -30,9 +30,9 @@ import pandas as pd
 from psta.data.registry import PROTOCOLS, Protocol, get_protocol
 
 from ._validate import to_numpy
+from .bootstrap import bootstrap_intervals
 from .distance import _check_metric
 from .metrics import rank_metrics, rank_metrics_from_features
-from .bootstrap import bootstrap_intervals
 from .rerank import re_rank
 from .verification import verification_metrics_from_features
 

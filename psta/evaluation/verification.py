@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ._validate import as_features, check_positive_int
-from .distance import DistanceRows, as_distance_matrix, iter_distance_blocks, _check_metric
+from .distance import DistanceRows, _check_metric, as_distance_matrix, iter_distance_blocks
 from .metrics import GalleryIndex, _check_block_finite, _check_ids
 
 __all__ = ["FPR_POINTS", "verification_metrics", "verification_metrics_from_features"]

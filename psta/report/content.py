@@ -8,7 +8,8 @@ from typing import Any
 
 from psta.data.registry import PROTOCOLS
 
-__all__ = ["Figure", "Table", "camera_label", "ci_text", "data_uri", "fmt", "fmt_int", "fpr_text", "pct", "protocol_text"]
+__all__ = ["Figure", "Table", "camera_label", "ci_text", "data_uri", "fmt", "fmt_int", "fpr_text", "pct",
+           "protocol_text"]
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,7 @@ def _label(img: np.ndarray, lay: StripLayout, query_label: str, gallery_labels: 
         x0, x1 = lay.query_boxes[0][0], lay.query_boxes[-1][2]
         draw.text(((x0 + x1) / 2, top), query_label, fill=QUERY_COLOR, font=font, anchor="mm")
     line = CAPTION_BAND // 2
-    for i, (x0, y0, x1, y1) in enumerate(lay.gallery_boxes):
+    for i, (x0, _, x1, y1) in enumerate(lay.gallery_boxes):
         cx = (x0 + x1) / 2
         draw.text((cx, top), str(ranks[i]), fill=TEXT_COLOR, font=font, anchor="mm")
         if gallery_labels is None or i >= len(gallery_labels):
