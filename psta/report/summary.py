@@ -92,6 +92,15 @@ def _identities_text(model: dict, stats: dict | None) -> str | None:
     return None
 
 
+def _split_text(stats: dict | None) -> str | None:
+    """Which of a dataset's published train/test splits this run used (iLIDS-VID, PRID-2011)."""
+    split = (stats or {}).get("split")
+    if not split:
+        return None
+    return (f"{split['index']} of 0..{split['count'] - 1} ({split['source']}): "
+            f"{split['train_identities']} train / {split['test_identities']} test identities")
+
+
 def summary_section(results: dict, dataset: str, ds_label: str, headline: str,
                     paper_row: dict | None, history: pd.DataFrame | None, stats: dict | None,
                     provenance: dict) -> dict:
@@ -101,6 +110,7 @@ def summary_section(results: dict, dataset: str, ds_label: str, headline: str,
     metric = str(results.get("metric", "cosine"))
     setup = [
         ("Dataset", f"{ds_label} ({dataset})"),
+        ("Split", _split_text(stats)),
         ("Protocols", ", ".join(results["protocols"])),
         ("Headline protocol", f"{headline} — {protocol_text(headline)}".rstrip(" —")),
         ("Test clip sampling", str(results.get("sampling", "–"))),
