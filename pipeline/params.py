@@ -139,6 +139,9 @@ class EvaluateParams(Section):
     num_workers: int = Field(2, ge=0)
     max_rank: int = Field(50, ge=20)  # metrics.json reports rank-1/5/10/20
     untrained_baseline: bool = True
+    target_fpr: float = Field(1e-3, gt=0, lt=1)  # the "same person" threshold's FPR on the test pairs
+    bootstrap: int = Field(1000, ge=0)  # resamples of the 95% intervals of rank-1 / mAP (0: none)
+    bootstrap_seed: int = Field(0, ge=0)
 
 
 class GalleryParams(IndexConfig):

@@ -10,8 +10,10 @@ version gets:
 - the alias ``champion`` when its mAP under the dataset's first protocol (the first entry of
   reports/metrics.json, e.g. mars_official) is at least the current champion's;
 - version tags ``mAP``, ``rank1`` (percent), ``protocol``, ``git_commit``, ``params_hash``, and
-  from :func:`pipeline.serving.serving_tags`: ``model_sha256``, ``training_data``,
-  ``verification_threshold``.
+  from :func:`pipeline.serving.serving_tags` ``model_sha256`` and ``training_data``; and
+  the calibrated "same person" rule: ``verification_threshold`` (a pair is the same person when
+  its ``verification_distance`` is at most it; ``none`` until calibrated),
+  ``verification_target_fpr``, ``verification_tpr``.
 
 Serve one with ``mlflow models serve -m models:/psta-mars@champion --env-manager local``, load
 it with ``mlflow.pyfunc.load_model(...)`` (the torch module: ``.unwrap_python_model().model``).
@@ -68,6 +70,18 @@ def headline(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     raise ValueError("reports/metrics.json holds no protocol with an mAP; rerun the evaluate stage")
 
 
+def verification_tags(numbers: dict[str, Any]) -> dict[str, str]:
+    """The calibrated "same person" rule of the headline protocol (metrics.json's
+    ``verification``): distance <= ``verification_threshold`` under ``verification_distance``."""
+    v = numbers.get("verification")
+    if not isinstance(v, dict) or "threshold" not in v:
+        return {}
+    return {"verification_threshold": repr(float(v["threshold"])),
+            "verification_distance": str(v.get("distance", "cosine")),
+            "verification_target_fpr": repr(float(v["target_fpr"])),
+            "verification_tpr": f"{float(v.get('tpr_at_target_fpr', math.nan)):.2f}"}
+
+
 def _alias_version(client, name: str, alias: str):
     from mlflow.exceptions import MlflowException
 
@@ -110,8 +124,9 @@ def register(model_path: str | Path, stats_path: str | Path, metrics_path: str |
         "rank1": f"{float(numbers.get('rank1', math.nan)):.4f}",
         "protocol": protocol,
         "dataset": dataset,
+        **(verification_tags(numbers) or {"verification_threshold": "none"}),
         **{key: run_tags[key] for key in ("git_commit", "params_hash", "data_version") if key in run_tags},
-        **serving_tags(model_path, dataset_info_path, metrics_path, protocol),
+        **serving_tags(model_path, dataset_info_path),
     }).version
     describe_version(client, name, str(version), info.model_uri)
     client.set_registered_model_alias(name, CANDIDATE, version)

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.model_info import SHA_TAG, model_sha256, read_threshold, training_data_name
+from pipeline.model_info import SHA_TAG, model_sha256, training_data_name
 
 PIXEL_MODEL = Path(__file__).with_name("pixel_model.py")
 PSTA_PACKAGE = Path(__file__).resolve().parents[1] / "psta"
@@ -41,7 +41,7 @@ def contract(config: dict[str, Any], serving: dict[str, Any], feature_dim: int) 
             f"{serving['sampling']} test sampling of T={config['seq_len']} frames per clip (a clip of "
             f"{config['seq_len']} frames is used as it is). Output: float32 B x {feature_dim} L2-normalised "
             "embeddings; cosine distance = 1 - dot product; same person when it is at most the version tag "
-            "'verification_threshold' (none until calibrated).")
+            "'verification_threshold' (none until calibrated) and 'verification_distance' is cosine.")
 
 
 def _requirements() -> list[str]:
@@ -84,15 +84,10 @@ def log_pixel_model(model_path: str | Path, config: dict[str, Any], feature_dim:
         return mlflow.pyfunc.log_model(name="model", **kwargs)
 
 
-def serving_tags(model_path: str | Path, dataset_info_path: str | Path, metrics_path: str | Path,
-                 protocol: str) -> dict[str, str]:
-    """Version tags: the checkpoint's sha256, the training data's name (data/ingest/dataset.json)
-    and ``verification_threshold``, the calibrated same-person cosine distance of ``protocol`` in
-    reports/metrics.json (``none`` until the evaluation calibrates one)."""
-    threshold = read_threshold(metrics_path, protocol)
+def serving_tags(model_path: str | Path, dataset_info_path: str | Path) -> dict[str, str]:
+    """Version tags: the checkpoint's sha256 and the training data's name (data/ingest/dataset.json)."""
     return {SHA_TAG: model_sha256(model_path),
-            "training_data": training_data_name(json.loads(Path(dataset_info_path).read_text())),
-            "verification_threshold": "none" if threshold is None else repr(threshold)}
+            "training_data": training_data_name(json.loads(Path(dataset_info_path).read_text()))}
 
 
 def describe_version(client, name: str, version: str, model_uri: str) -> None:

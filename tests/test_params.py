@@ -106,6 +106,9 @@ OUT_OF_RANGE = [
     ({"gallery": {"ivf_nlist": 16, "ivf_nprobe": 32}}, "gallery.ivf_nprobe: expected at most ivf_nlist (16): the "
                                                       "lists visited per query are some of the lists, got int 32"),
     ({"report": {"num_examples": -1}}, "report.num_examples: expected int >= 0, got int -1"),
+    ({"evaluate": {"target_fpr": 0}}, "evaluate.target_fpr: expected float in (0, 1), got int 0"),
+    ({"evaluate": {"target_fpr": 1.5}}, "evaluate.target_fpr: expected float in (0, 1), got float 1.5"),
+    ({"evaluate": {"bootstrap": -1}}, "evaluate.bootstrap: expected int >= 0, got int -1"),
     ({"tracking": {"experiment": ""}}, "tracking.experiment: expected str"),
     ({"data": {"root": "elsewhere/MARS"}}, "data.root: expected a folder under data/raw/ when data.source is "
                                            "synthetic"),

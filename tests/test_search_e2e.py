@@ -141,11 +141,15 @@ def test_folder_query_with_its_camera_finds_its_identity_in_other_cameras(demo, 
     document = json.loads(out_json.read_text())
     assert document["query"]["type"] == "folder" and document["query"]["camid"] == q.camid
     results = document["results"]
+    threshold = json.loads((demo.path / "reports/metrics.json").read_text())["mars_official"]["verification"]["threshold"]
+    assert document["gallery"]["threshold"] == threshold
     assert results[0]["pid"] == q.pid
     assert all(r["camid"] != q.camid for r in results)
     for r in results:
         assert {"rank", "tracklet_id", "pid", "camid", "distance", "same_person", "frames"} <= set(r)
-        assert r["same_person"] is None  # no calibrated threshold in reports/metrics.json yet
+        assert isinstance(r["same_person"], bool)  # from the evaluation's calibrated threshold
+        if abs(r["distance"] - threshold) > 1e-5:  # the JSON's distance is rounded to 6 digits
+            assert r["same_person"] is (r["distance"] <= threshold)
         assert r["frames"] and all((demo.path / f).is_file() for f in r["frames"])
     # the crops embed as the gallery embedded that tracklet: the same answer as --tracklet
     same = search(demo, "--tracklet", str(q.name), "--exclude-same-camera", "--top-k", "5")
@@ -257,7 +261,9 @@ def test_served_champion_embeds_raw_frames_as_the_evaluation(demo, tmp_path):
 
     client = mlflow.MlflowClient(demo.env["MLFLOW_TRACKING_URI"])
     version = client.get_model_version_by_alias("psta-mars", "champion")
-    assert version.tags["training_data"] == "synthetic-mars" and version.tags["verification_threshold"] == "none"
+    threshold = json.loads((demo.path / "reports/metrics.json").read_text())["mars_official"]["verification"]["threshold"]
+    assert version.tags["training_data"] == "synthetic-mars"
+    assert float(version.tags["verification_threshold"]) == threshold and version.tags["verification_distance"] == "cosine"
     assert version.tags["model_sha256"] == model_sha256(demo.path / "data/models/model.pt")
     assert "Input: uint8 RGB frames B x T x H x W x 3" in version.description
 
