@@ -141,7 +141,8 @@ def test_folder_query_with_its_camera_finds_its_identity_in_other_cameras(demo, 
     document = json.loads(out_json.read_text())
     assert document["query"]["type"] == "folder" and document["query"]["camid"] == q.camid
     results = document["results"]
-    threshold = json.loads((demo.path / "reports/metrics.json").read_text())["mars_official"]["verification"]["threshold"]
+    metrics = json.loads((demo.path / "reports/metrics.json").read_text())
+    threshold = metrics["mars_official"]["verification"]["threshold"]
     assert document["gallery"]["threshold"] == threshold
     assert results[0]["pid"] == q.pid
     assert all(r["camid"] != q.camid for r in results)
@@ -261,9 +262,11 @@ def test_served_champion_embeds_raw_frames_as_the_evaluation(demo, tmp_path):
 
     client = mlflow.MlflowClient(demo.env["MLFLOW_TRACKING_URI"])
     version = client.get_model_version_by_alias("psta-mars", "champion")
-    threshold = json.loads((demo.path / "reports/metrics.json").read_text())["mars_official"]["verification"]["threshold"]
+    metrics = json.loads((demo.path / "reports/metrics.json").read_text())
+    threshold = metrics["mars_official"]["verification"]["threshold"]
     assert version.tags["training_data"] == "synthetic-mars"
-    assert float(version.tags["verification_threshold"]) == threshold and version.tags["verification_distance"] == "cosine"
+    assert float(version.tags["verification_threshold"]) == threshold
+    assert version.tags["verification_distance"] == "cosine"
     assert version.tags["model_sha256"] == model_sha256(demo.path / "data/models/model.pt")
     assert "Input: uint8 RGB frames B x T x H x W x 3" in version.description
 
