@@ -4,7 +4,7 @@ The query's frames come first (blue frames), then one row per ranked gallery tra
 of its frames framed green when its identity is the query's, red when it is another identity,
 grey when either is unknown (a query of unknown identity), with its distance, the
 same-person decision, identity, camera and source. Colours and encoding are the report's
-(psta.report.figures).
+(psta.report.strips).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from psta.report.figures import MATCH_COLOR, MISS_COLOR, QUERY_COLOR, png_bytes
+from psta.report.strips import MATCH_COLOR, MISS_COLOR, QUERY_COLOR, png_bytes
 
 UNKNOWN_COLOR = (150, 150, 150)
 TILE_HEIGHT = 128
