@@ -84,6 +84,10 @@ class CacheParams:
     shard_mb: int = 1024
     num_workers: int = 2
     jpeg_quality: int = 95
+    # frames not already at the model's size are resized (antialiased) as the reference does:
+    # training frames bicubically, query / gallery frames bilinearly
+    train_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    test_interpolation: Literal["bicubic", "bilinear"] = "bilinear"
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,10 @@ class EvaluateParams:
     num_workers: int = 2
     max_rank: int = 50
     untrained_baseline: bool = True
+    # dense sampling keeps at most max_clips clips per tracklet (the reference: 200; 0: all), a
+    # window of consecutive clips whose start is drawn from (seed, tracklet id)
+    max_clips: int = 200
+    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -62,3 +62,9 @@ def test_paper_configs_are_complete_and_hold_the_recipe(name):
     assert (params.model.height, params.model.width, params.model.seq_len) == (256, 128, 8)
     assert params.train.epochs == 500 and params.train.milestones == (70, 140, 210, 310, 410)
     assert params.train.batch_size == 32 and params.train.num_instances == 4
+    # the reference's recipe: fp32 throughout, the mean of the level losses (CE + triplet, each
+    # weighted 1), train frames resized bicubically and test frames bilinearly, <= 200 dense clips
+    assert params.train.precision == "fp32" and params.evaluate.precision == "fp32"
+    assert params.train.level_weights == () and (params.train.ce_weight, params.train.triplet_weight) == (1, 1)
+    assert (params.cache.train_interpolation, params.cache.test_interpolation) == ("bicubic", "bilinear")
+    assert params.evaluate.max_clips == 200
