@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from psta.data.videos import VideoIngestConfig
-from psta.engine.trainer import TrainConfig
+from psta.engine.config import TrainConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
 

@@ -68,3 +68,5 @@ def test_paper_configs_are_complete_and_hold_the_recipe(name):
     assert params.train.level_weights == () and (params.train.ce_weight, params.train.triplet_weight) == (1, 1)
     assert (params.cache.train_interpolation, params.cache.test_interpolation) == ("bicubic", "bilinear")
     assert params.evaluate.max_clips == 200
+    assert params.train.bn_groups == 2  # BatchNorm over 16 clips, the loss over all 32, as on 2 GPUs
+    assert params.train.select == "last"  # never the test set

@@ -51,7 +51,7 @@ def extract_features(
     ``progress`` is set and stderr is a terminal.
     """
     from psta.data.datasets import TestChunks, TestClips
-    from psta.engine.trainer import resolve_autocast_dtype, resolve_device
+    from psta.engine.runtime import resolve_autocast_dtype, resolve_device
     from psta.model.precision import autocast_context
 
     if sampling not in SAMPLINGS:

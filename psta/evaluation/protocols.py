@@ -5,7 +5,7 @@ The table needs columns ``split`` ("query" / "gallery"; "train" rows are ignored
 ``tracklet_id`` is used for the ranked lists when present. ``features`` holds one embedding
 per row of the table, in the table's row order.
 
-Protocols (docs: /work/shared/DATASETS.md):
+Protocols (docs/SPEC.md, "Test protocol"):
 
 * ``"mars_official"``: the MARS authors' code and PSTA: gallery = query rows + gallery rows
   (all test tracklets, 11,310 at full scale). The query itself (same identity and camera) is
