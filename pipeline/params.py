@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from psta.data.registry import dataset_names, synthetic_layouts
 from psta.data.videos import VideoIngestConfig
 from psta.engine.config import TrainConfig
 
@@ -29,7 +30,8 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class DataParams:
-    source: Literal["synthetic", "mars", "duke", "videos"] = "synthetic"
+    # synthetic | a registered dataset (psta.data.registry: mars, duke, ...) | videos
+    source: Literal[("synthetic", *dataset_names(), "videos")] = "synthetic"
     # the dataset folder itself (holding bbox_train/ and info/ for MARS, train/ query/ gallery/
     # for Duke, <camera>.mp4 + <camera>.txt for videos); for synthetic, where the generated
     # tree goes (under data/raw/)
@@ -41,7 +43,7 @@ class DataParams:
 class SyntheticParams:
     """psta.data.synthetic.SyntheticConfig, plus which layout to write."""
 
-    layout: Literal["mars", "duke"] = "mars"
+    layout: Literal[synthetic_layouts()] = "mars"  # a registered dataset with a synthetic writer
     seed: int = 0
     num_train_ids: int = 48
     num_test_ids: int = 48

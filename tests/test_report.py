@@ -24,7 +24,7 @@ from psta.data.synthetic import SyntheticConfig, generate_mars
 from psta.evaluation import evaluate_protocol
 from psta.evaluation.outputs import write_eval_outputs, write_metrics
 from psta.index import index_from_manifest, ingest
-from psta.report import (MATCH_COLOR, MISS_COLOR, PAPER_RESULTS, QUERY_COLOR, ReportInputError,
+from psta.report import (MATCH_COLOR, MISS_COLOR, QUERY_COLOR, ReportInputError, paper_table,
                          build_report, strip_layout)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,7 +345,7 @@ def test_other_paper_table_and_duke_protocol(inputs, tmp_path):
     results["untrained"] = {"duke": results["untrained"]["mars_official"]}
     (ev / "results.json").write_text(json.dumps(results))
     out = build_report(ev, None, None, None, None, tmp_path / "report.html", tmp_path / "report.md",
-                       paper={**PAPER_RESULTS, "duke": {**PAPER_RESULTS["duke"], "rank1": 12.3}})
+                       paper={**paper_table(), "duke": {**paper_table()["duke"], "rank1": 12.3}})
     parsed = parse_html(Path(out["html"]).read_text(encoding="utf-8"))
     rows = parsed.tables["results-table"][1:]
     assert rows[0][:3] == ["PSTA paper (ImageNet ResNet-50)", "DukeMTMC-VideoReID", "duke"]

@@ -1,8 +1,8 @@
 """ingest: bring the raw dataset into reach and write a validated frame manifest.
 
-synthetic -> generate the tree (MARS or Duke layout) under data/raw/;
+synthetic -> generate the tree (a registered dataset's layout, synthetic.layout) under data/raw/;
 videos -> cut the user's camera videos + box files into a MARS tree under data/raw/MARS;
-mars / duke -> read the user's copy in place at data.root.
+a registered dataset (mars, duke, ...: psta.data.registry) -> read the user's copy in place.
 Either way every frame file is checked, and the manifest lists one row per frame.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pipeline import paths
 from pipeline.params import Params, ParamsError, load_params
 from pipeline.stage import log_files, log_numbers, stage_run, stage_task
 from psta.atomic import atomic_dir
-
+from psta.data.registry import DatasetSpec, dataset_names, get_dataset
 
 VIDEO_TRACKLETS = paths.RAW / "MARS"
 
@@ -37,15 +37,15 @@ def dataset_root(params: Params) -> Path:
     return root
 
 
-def layout_of(params: Params) -> str:
-    return {"synthetic": params.synthetic.layout, "videos": "mars"}.get(params.data.source, params.data.source)
+def dataset_of(params: Params) -> DatasetSpec:
+    """The registered dataset whose layout the readers see (videos are cut into MARS)."""
+    source = params.data.source
+    return get_dataset({"synthetic": params.synthetic.layout, "videos": "mars"}.get(source, source))
 
 
 @stage_task
-def generate_synthetic(params: Params, root: Path) -> dict:
-    from psta.data import GENERATORS
-
-    return GENERATORS[params.synthetic.layout](root, params.synthetic.config())
+def generate_synthetic(params: Params, spec: DatasetSpec, root: Path) -> dict:
+    return spec.synthetic(root, params.synthetic.config())
 
 
 @stage_task
@@ -56,10 +56,8 @@ def tracklets_from_videos(params: Params, out_root: Path) -> dict:
 
 
 @stage_task
-def read_raw(layout: str, root: Path):
-    from psta.data import read_dataset
-
-    return read_dataset(layout, root)
+def read_raw(spec: DatasetSpec, root: Path):
+    return spec.reader(root)
 
 
 @stage_task
@@ -75,17 +73,18 @@ def ingest(params_path: str = "params.yaml") -> dict:
 
     params = load_params(params_path)
     root = dataset_root(params)
-    layout = layout_of(params)
+    spec = dataset_of(params)
     sections = {"synthetic": ("data", "synthetic"), "videos": ("data", "videos")}.get(params.data.source, ("data",))
     with stage_run("ingest", params, sections):
         planted = None
         if params.data.source == "synthetic":
-            planted = generate_synthetic(params, root)
+            planted = generate_synthetic(params, spec, root)
         elif params.data.source == "videos":
             planted = tracklets_from_videos(params, root)
-        raw = read_raw(layout, root)
+        raw = read_raw(spec, root)
         ok_mask, bad = check_frames(root, raw, params.data.on_bad_frame)
-        info = {"source": params.data.source, "layout": layout, "root": str(root)}
+        info = {"source": params.data.source, "layout": spec.name, "root": str(root),
+                "split": spec.split_scheme}
         stats = {
             **info,
             "tracklets": len(raw.tracklets),
@@ -99,7 +98,7 @@ def ingest(params_path: str = "params.yaml") -> dict:
             write_manifest(raw, ok_mask, out / paths.MANIFEST.name)
             (out / paths.DATASET_INFO.name).write_text(json.dumps(info, indent=2) + "\n")
             (out / paths.INGEST_STATS.name).write_text(json.dumps(stats, indent=2) + "\n")
-        if params.data.source in ("mars", "duke"):
+        if params.data.source in dataset_names():
             # data/raw is a declared out; for a user's own copy it only records where the data is
             with atomic_dir(paths.RAW) as out:
                 (out / "SOURCE.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -11,10 +11,10 @@ figures are PNGs made with matplotlib (Agg canvas) and numpy/Pillow.
 """
 from .figures import MATCH_COLOR, MISS_COLOR, QUERY_COLOR, ranked_strip, strip_layout
 from .inputs import ReportInputError, load_results
-from .paper import HEADLINE_PROTOCOL, PAPER_RESULTS
+from .paper import paper_table
 from .render import build_report
 
 __all__ = [
-    "HEADLINE_PROTOCOL", "MATCH_COLOR", "MISS_COLOR", "PAPER_RESULTS", "QUERY_COLOR",
-    "ReportInputError", "build_report", "load_results", "ranked_strip", "strip_layout",
+    "MATCH_COLOR", "MISS_COLOR", "QUERY_COLOR", "ReportInputError", "build_report", "load_results",
+    "paper_table", "ranked_strip", "strip_layout",
 ]

@@ -1,28 +1,27 @@
-"""The paper's published numbers and the protocol they use: the report's one place for them.
+"""The paper's published numbers and the protocol they use, as the report shows them.
 
-Every lookup of the paper table goes through :func:`paper_result` and
-:func:`headline_protocol`, so the table can move to a dataset registry without touching the
-report's sections or templates.
+They live in the dataset registry (:mod:`psta.data.registry`: each ``DatasetSpec``'s ``paper``,
+``headline_protocol`` and ``title``); every lookup of the report goes through
+:func:`paper_result` and :func:`headline_protocol`. A caller may pass its own ``table``
+(``{dataset key: {"dataset", "rank1", "mAP", "protocol"}}``, percent) instead.
 """
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PAPER_RESULTS", "HEADLINE_PROTOCOL", "paper_result", "headline_protocol",
-           "dataset_display_name"]
+from psta.data.registry import DATASETS
 
-#: The paper's headline table (PSTA, ICCV 2021; ImageNet-initialised ResNet-50), in percent.
-PAPER_RESULTS: dict[str, dict[str, Any]] = {
-    "mars": {"dataset": "MARS", "rank1": 91.5, "mAP": 85.8, "protocol": "mars_official"},
-    "duke": {"dataset": "DukeMTMC-VideoReID", "rank1": 98.3, "mAP": 97.7, "protocol": "duke"},
-}
-#: the protocol the paper's numbers use, per dataset
-HEADLINE_PROTOCOL = {"mars": "mars_official", "duke": "duke"}
+__all__ = ["paper_table", "paper_result", "headline_protocol", "dataset_display_name"]
 
 
 def paper_table(table: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """The paper table to show: ``table`` when given, else :data:`PAPER_RESULTS`."""
-    return dict(PAPER_RESULTS if table is None else table)
+    """The paper table to show: ``table`` when given, else every registered dataset's paper
+    result (PSTA, ICCV 2021; ImageNet-initialised ResNet-50)."""
+    if table is not None:
+        return dict(table)
+    return {name: {"dataset": spec.title, "rank1": spec.paper.rank1, "mAP": spec.paper.mAP,
+                   "protocol": spec.paper.protocol}
+            for name, spec in DATASETS.items() if spec.paper is not None}
 
 
 def paper_result(dataset: str, table: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
@@ -31,12 +30,15 @@ def paper_result(dataset: str, table: dict[str, dict[str, Any]] | None = None) -
 
 
 def headline_protocol(dataset: str, protocols, table: dict[str, dict[str, Any]] | None = None) -> str:
-    """The protocol whose numbers lead the report: the paper's for ``dataset`` when it was
-    evaluated, else the first of ``protocols``."""
-    wanted = (paper_result(dataset, table) or {}).get("protocol") or HEADLINE_PROTOCOL.get(dataset)
+    """The protocol whose numbers lead the report: the paper's (else the registry's headline)
+    for ``dataset`` when it was evaluated, else the first of ``protocols``."""
+    spec = DATASETS.get(dataset)
+    wanted = (paper_result(dataset, table) or {}).get("protocol") or (spec.headline_protocol if spec else None)
     return wanted if wanted in protocols else next(iter(protocols))
 
 
 def dataset_display_name(dataset: str, table: dict[str, dict[str, Any]] | None = None) -> str:
-    """The dataset's published name ("MARS"), or its key when the paper table lacks it."""
-    return (paper_result(dataset, table) or {}).get("dataset", dataset)
+    """The dataset's published name ("MARS"), or its key when neither the paper table nor the
+    registry knows it."""
+    spec = DATASETS.get(dataset)
+    return (paper_result(dataset, table) or {}).get("dataset") or (spec.title if spec else dataset)

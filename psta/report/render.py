@@ -72,7 +72,7 @@ def build_report(eval_dir: str | os.PathLike, index_dir: str | os.PathLike | Non
             ``Path(out_md).parent / "figures"`` (replaced as a whole).
         num_examples: how many best and how many worst queries to picture.
         paper: the paper's table, ``{dataset key: {"dataset", "rank1", "mAP", "protocol"}}`` in
-            percent; default :data:`psta.report.paper.PAPER_RESULTS`.
+            percent; default: the dataset registry's (:func:`psta.report.paper.paper_table`).
         tile_height: pixel height of a frame in the ranked-list pictures.
         data_source: the ingest's ``data.source``; ``"synthetic"`` labels the dataset as the
             synthetic demo and drops the comparisons with the paper (its numbers are on the

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from psta.evaluation.protocols import PROTOCOLS
+from psta.data.registry import PROTOCOLS
 
 from . import figures as F
 from .content import Figure, Table, fmt, fmt_int, pct
@@ -54,6 +54,11 @@ def _card(label: str, ours: float | None, paper: float | None) -> dict[str, str 
             "delta": delta}
 
 
+def _protocol_text(name: str) -> str:
+    """What a registered protocol's gallery is ("" for a protocol the registry does not know)."""
+    return PROTOCOLS[name].description if name in PROTOCOLS else ""
+
+
 def summary_section(results: dict, dataset: str, ds_label: str, headline: str,
                     paper_row: dict | None, history: pd.DataFrame | None, stats: dict | None) -> dict:
     head = results["protocols"][headline]
@@ -61,7 +66,7 @@ def summary_section(results: dict, dataset: str, ds_label: str, headline: str,
     items = [
         ("Dataset", f"{ds_label} ({dataset})"),
         ("Protocols", ", ".join(results["protocols"])),
-        ("Headline protocol", f"{headline} — {PROTOCOLS.get(headline, '')}".rstrip(" —")),
+        ("Headline protocol", f"{headline} — {_protocol_text(headline)}".rstrip(" —")),
         ("Test clip sampling", str(results.get("sampling", "–"))),
         ("Distance", str(results.get("metric", "–"))),
         ("Re-ranking", _rerank_text(results.get("rerank"))),
@@ -104,7 +109,7 @@ def _results_table(protocols: dict, order: list[str], headline: str, ds_label: s
 
 
 def _protocol_notes(order: list[str], paper_row: dict | None, headline: str, synthetic: bool) -> str:
-    notes = [f"{name}: {PROTOCOLS[name]}." for name in order if PROTOCOLS.get(name)]
+    notes = [f"{name}: {PROTOCOLS[name].description}." for name in order if name in PROTOCOLS]
     if paper_row:
         ds_name = paper_row.get("dataset", "")
         if synthetic:
