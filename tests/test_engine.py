@@ -452,11 +452,13 @@ def test_select_best_val_keeps_the_best_validation_epoch(tmp_path):
         return {"rank1": scores[epoch], "mAP": 0.4 if epoch == 1 else 0.1}
 
     def run(epochs, out):
+        import copy
+
         torch.manual_seed(0)
         model = TinyReID(8)
         cfg = small_config(epochs=epochs, eval_every=1, val_ids=(7,), select="best_val")
         result = train(cfg, model, SyntheticClips(), out, evaluate=evaluate,
-                       on_epoch_end=lambda e, m: snapshots.__setitem__(e, {k: v.clone() for k, v in model.state_dict().items()}))
+                       on_epoch_end=lambda e, m: snapshots.__setitem__(e, copy.deepcopy(model.state_dict())))
         return model, result
 
     model, result = run(2, tmp_path / "a")  # epochs 0, 1; then resumed for epochs 2, 3
@@ -489,7 +491,8 @@ def test_one_summary_line_per_epoch_on_the_engine_logger(tmp_path, caplog, capsy
     cfg = small_config(epochs=2, eval_every=1, val_ids=(2, 5), progress=True)
     torch.manual_seed(0)
     with caplog.at_level("INFO", logger="psta.engine"):
-        train(cfg, TinyReID(10), data, tmp_path, evaluate=HeldoutEvaluator(SyntheticClips(10, 3, noise=0.0), batch_size=4))
+        train(cfg, TinyReID(10), data, tmp_path,
+              evaluate=HeldoutEvaluator(SyntheticClips(10, 3, noise=0.0), batch_size=4))
     lines = [r.getMessage() for r in caplog.records if r.name == "psta.engine" and r.getMessage().startswith("epoch")]
     assert len(lines) == 2
     pattern = (r"epoch {}/2: loss \d+\.\d{{4}} \(ce \d+\.\d{{4}}, triplet \d+\.\d{{4}}\), lr \d\.\d\de-\d\d, "
