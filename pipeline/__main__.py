@@ -1,7 +1,8 @@
 """`python -m pipeline <stage>`: run one stage of dvc.yaml as a Prefect flow.
 
 `repro` runs them all (dvc repro), `retrain` runs one retrain (repro + dvc push), `serve`
-serves the scheduled deployment retrain/scheduled (pipeline/retrain.py).
+serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `splits-summary`
+averages the DVC experiments of a 10-split dataset (pipeline/splits.py).
 
 Bad input of any kind (params, dataset, cache, weights, report inputs: a psta.errors.UserError)
 is one line on stderr and exit code 2. params.yaml and what its stages need from the machine
@@ -20,9 +21,10 @@ STAGES = ("ingest", "index", "cache", "train", "evaluate", "report")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument(
-        "stage", choices=(*STAGES, "repro", "retrain", "serve"),
+        "stage", choices=(*STAGES, "repro", "retrain", "serve", "splits-summary"),
         help="a dvc.yaml stage; repro for all; retrain for one retrain (repro + dvc push); "
-             "serve to serve the scheduled retrain deployment",
+             "serve to serve the scheduled retrain deployment; splits-summary for the mean and std "
+             "over the data.split experiments",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
@@ -44,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(stage: str, params_path: str, extra: list[str]) -> int:
     from pipeline.params import load_params
     from pipeline.preflight import check_stages
+
+    if stage == "splits-summary":   # reads experiments' metrics: needs valid params, nothing else
+        from pipeline.splits import splits_summary
+
+        load_params(params_path)
+        splits_summary(params_path=params_path)
+        return 0
 
     # fail on bad params, and on what they need from this machine, before a flow (and its server) starts
     check_stages(load_params(params_path), (stage,) if stage in STAGES else STAGES, params_path)

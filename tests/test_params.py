@@ -13,7 +13,8 @@ from psta.config import FieldError
 from psta.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS_FILES = ["params.yaml", "configs/paper_mars.yaml", "configs/paper_duke.yaml"]
+PAPER_CONFIGS = ["paper_mars", "paper_duke", "paper_ilidsvid", "paper_prid", "paper_lsvid"]
+PARAMS_FILES = ["params.yaml"] + [f"configs/{name}.yaml" for name in PAPER_CONFIGS]
 
 
 def test_repository_params_are_valid_and_complete():
@@ -28,10 +29,10 @@ def test_repository_params_are_valid_and_complete():
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"data": {"sorce": "mars"}}, "unknown key(s) data.sorce; 'data' accepts: on_bad_frame, root, source"),
+        ({"data": {"sorce": "mars"}}, "unknown key(s) data.sorce; 'data' accepts: on_bad_frame, root, source, split, split_file, split_seed"),
         ({"synthetic": {"cameras_per_id": [2, "x"]}}, "synthetic.cameras_per_id[1]: expected int, got str 'x'"),
         ({"data": {"source": "market"}},
-         "data.source: expected 'synthetic' | 'mars' | 'duke' | 'videos', got str 'market'"),
+         "data.source: expected 'synthetic' | 'mars' | 'duke' | 'ilidsvid' | 'prid' | 'lsvid' | 'videos', got str 'market'"),
         ({"synthetic": {"seed": "zero"}}, "synthetic.seed: expected int >= 0, got str 'zero'"),
         ({"synthetic": {"num_cameras": True}}, "synthetic.num_cameras: expected int or null in [2, 9], got bool True"),
         ({"train": {"epochs": "3"}}, "train.epochs: expected int >= 1, got str '3'"),
@@ -81,6 +82,17 @@ OUT_OF_RANGE = [
     ({"train": {"channels_last": "yes"}}, "train.channels_last: expected 'auto' | 'on' | 'off', got str 'yes'"),
     ({"train": {"level_weights": [1, 1]}, "model": {"seq_len": 8}},
      "train.level_weights: expected [] or 3 weights, one per pyramid level of model.arch psta with seq_len 8"),
+    ({"train": {"bn_groups": 0}}, "train.bn_groups: expected int >= 1, got int 0"),
+    ({"train": {"bn_groups": 3}}, "train.bn_groups: expected a divisor of batch_size (32): equal BatchNorm groups, "
+                                  "got int 3"),
+    ({"train": {"select": "best_test"}}, "train.select: expected 'last' | 'best_val', got str 'best_test'"),
+    ({"train": {"select": "best_val"}}, "train.select: expected 'last' unless validation identities are held out"),
+    ({"cache": {"train_interpolation": "nearest"}},
+     "cache.train_interpolation: expected 'bicubic' | 'bilinear', got str 'nearest'"),
+    ({"cache": {"test_interpolation": "lanczos"}},
+     "cache.test_interpolation: expected 'bicubic' | 'bilinear', got str 'lanczos'"),
+    ({"evaluate": {"max_clips": -1}}, "evaluate.max_clips: expected int >= 0, got int -1"),
+    ({"evaluate": {"seed": -2}}, "evaluate.seed: expected int >= 0, got int -2"),
     ({"retrain": {"cron": "every sunday"}}, "retrain.cron: expected a cron expression Prefect accepts"),
     ({"retrain": {"cron": "61 * * * *"}}, "retrain.cron: expected a cron expression Prefect accepts"),
     ({"synthetic": {"cameras_per_id": [2, 7]}}, "synthetic.cameras_per_id: expected [lo, hi] with 2 <= lo <= hi "
@@ -175,7 +187,7 @@ def test_digest_changes_only_with_the_named_sections():
     assert a.digest() != b.digest()
 
 
-@pytest.mark.parametrize("name", ["paper_mars", "paper_duke"])
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_paper_configs_are_complete_and_hold_the_recipe(name):
     path = REPO / "configs" / f"{name}.yaml"
     params = load_params(path)
@@ -242,6 +254,7 @@ def test_resume_from_an_existing_checkpoint_and_torchrun_batch_split(monkeypatch
     ("train.lr=1e-5", "  lr: 1e-05"),
     ("retrain.cron=0 4 * * 1", "  cron: 0 4 * * 1"),
     ("synthetic.seed=7", "  seed: 7"),
+    ("data.split=3", "  split: 3"),
 ])
 def test_dvc_set_param_changes_exactly_one_line_and_keeps_the_comments(tmp_path, name, override, line):
     from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` calls to rewrite params
