@@ -146,6 +146,9 @@ class EvaluateParams(Section):
     # window of consecutive clips whose start is drawn from (seed, tracklet id)
     max_clips: int = Field(200, ge=0)
     seed: int = Field(0, ge=0)
+    target_fpr: float = Field(1e-3, gt=0, lt=1)  # the "same person" threshold's FPR on the test pairs
+    bootstrap: int = Field(1000, ge=0)  # resamples of the 95% intervals of rank-1 / mAP (0: none)
+    bootstrap_seed: int = Field(0, ge=0)
 
 
 class ReportParams(Section):

@@ -105,6 +105,9 @@ OUT_OF_RANGE = [
     ({"videos": {"test_fraction": 1.0}}, "videos.test_fraction: expected float in (0, 1), got float 1.0"),
     ({"videos": {"max_tracklet_len": 1000}}, "videos.max_tracklet_len: expected int in [1, 999], got int 1000"),
     ({"report": {"num_examples": -1}}, "report.num_examples: expected int >= 0, got int -1"),
+    ({"evaluate": {"target_fpr": 0}}, "evaluate.target_fpr: expected float in (0, 1), got int 0"),
+    ({"evaluate": {"target_fpr": 1.5}}, "evaluate.target_fpr: expected float in (0, 1), got float 1.5"),
+    ({"evaluate": {"bootstrap": -1}}, "evaluate.bootstrap: expected int >= 0, got int -1"),
     ({"tracking": {"experiment": ""}}, "tracking.experiment: expected str"),
     ({"data": {"root": "elsewhere/MARS"}}, "data.root: expected a folder under data/raw/ when data.source is "
                                            "synthetic"),
