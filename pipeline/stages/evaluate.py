@@ -30,7 +30,8 @@ def embed(params: Params, model, tracklets, cache, sampling: str):
 
     e = params.evaluate
     return extract_features(model, tracklets, cache, seq_len=params.model.seq_len, sampling=sampling,
-                            batch_size=e.batch_size, precision=e.precision, num_workers=e.num_workers)
+                            batch_size=e.batch_size, precision=e.precision, num_workers=e.num_workers,
+                            max_clips=e.max_clips, seed=e.seed)
 
 
 @stage_task

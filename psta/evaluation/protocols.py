@@ -5,7 +5,8 @@ The table needs columns ``split`` ("query" / "gallery"; "train" rows are ignored
 ``tracklet_id`` is used for the ranked lists when present. ``features`` holds one embedding
 per row of the table, in the table's row order.
 
-Protocols (each dataset declares its own in :mod:`psta.data.registry`):
+Protocols (each dataset declares its own in :mod:`psta.data.registry`; docs/SPEC.md, "Test
+protocol"):
 
 * ``"mars_official"``: the MARS authors' code and PSTA: gallery = query rows + gallery rows
   (all test tracklets, 11,310 at full scale). The query itself (same identity and camera) is
