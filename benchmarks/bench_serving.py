@@ -76,7 +76,7 @@ def measure(name: str, spec: dict, batches: list[int], rounds: int, http: bool, 
 
     from pipeline.servers import model_server
     from pipeline.serving import pixel_model
-    from psta.engine.trainer import resolve_autocast_dtype
+    from psta.engine.runtime import resolve_autocast_dtype
     from psta.export import export_onnx, onnx_session
     from psta.model import autocast_context, build_model, save_checkpoint
 
