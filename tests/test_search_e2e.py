@@ -59,7 +59,8 @@ def demo(tmp_path_factory, prefect_api) -> Workspace:
     ws = make_workspace(tmp_path_factory.mktemp("search-demo"), prefect_api, EVALUATE)
     for stage in ("ingest", "index", "cache"):
         ws.run(stage)
-    write_untrained_model(ws, read_index(ws.path / "data/index").num_classes)
+    # seed 3: at these random weights rank-1 is 60% under the reference's recipe (seed 0: 0%)
+    write_untrained_model(ws, read_index(ws.path / "data/index").num_classes, seed=3)
     for stage in ("evaluate", "gallery"):
         ws.run(stage)
     return ws
