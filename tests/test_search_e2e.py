@@ -315,7 +315,7 @@ def test_onnx_export_matches_pytorch_and_is_logged_to_the_model_version(demo):
     assert float(version.tags["onnx_max_rel_diff"]) == pytest.approx(parity["max_rel_diff"], rel=1e-2)
     assert [a.path for a in client.list_artifacts(version.run_id, "onnx")] == ["onnx/psta.onnx"]
 
-    torch.manual_seed(3)
+    torch.manual_seed(11)  # another model than the demo's (seed 3)
     other = build_model(c["arch"], num_classes=4, seq_len=c["seq_len"], height=c["height"], width=c["width"],
                         backbone=c["backbone"])
     with pytest.raises(ExportError, match=r"ONNX Runtime differs from PyTorch by .* more than 0.0001; the export is "
