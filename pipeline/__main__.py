@@ -1,7 +1,8 @@
 """`python -m pipeline <stage>`: run one stage of dvc.yaml as a Prefect flow.
 
 `repro` runs them all (dvc repro), `retrain` runs one retrain (repro + dvc push), `serve`
-serves the scheduled deployment retrain/scheduled (pipeline/retrain.py).
+serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `prefect-ui` serves
+the Prefect UI over the flow-run history that `repro` keeps in .prefect/.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ STAGES = ("ingest", "index", "cache", "train", "evaluate", "report")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument(
-        "stage", choices=(*STAGES, "repro", "retrain", "serve"),
+        "stage", choices=(*STAGES, "repro", "retrain", "serve", "prefect-ui"),
         help="a dvc.yaml stage; repro for all; retrain for one retrain (repro + dvc push); "
-             "serve to serve the scheduled retrain deployment",
+             "serve to serve the scheduled retrain deployment; prefect-ui for the flow-run history",
     )
+    parser.add_argument("--port", type=int, default=4200, help="prefect-ui: the port (default: %(default)s)")
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.stage != "repro":
@@ -40,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.repro import run_dvc_repro
 
             return run_dvc_repro(extra, params_path=args.params)
+        if args.stage == "prefect-ui":
+            from pipeline.repro import PREFECT_HOME
+            from pipeline.servers import serve_prefect_ui
+
+            return serve_prefect_ui(PREFECT_HOME.resolve(), args.port)
         if args.stage == "serve":
             from pipeline.retrain import serve
 

@@ -126,6 +126,8 @@ class RetrainParams:
 
     cron: str = "0 3 * * 0"  # when the deployment runs (UTC): Sundays 03:00
     push: bool = True  # `dvc push` the new outputs to the default DVC remote afterwards
+    branch: str = "retrain"  # git branch that records each retrain's dvc.lock and metrics ("": none)
+    git_remote: str = "origin"  # the branch is pushed there when that remote exists (and push is on)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ import numbers
 from pathlib import Path
 from typing import Any, Iterator
 
-from prefect import task
+from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from pipeline import tracking
+from pipeline import flowrun, tracking
 from pipeline.params import Params
 
 
@@ -20,15 +20,23 @@ from pipeline.params import Params
 stage_task = functools.partial(task, cache_policy=NONE)
 
 
+def stage_flow(name: str):
+    """The Prefect flow of a dvc.yaml stage; its runs are named after the stage, not at random."""
+    return flow(name=name, flow_run_name=name)
+
+
 @contextlib.contextmanager
 def stage_run(name: str, params: Params, sections: tuple[str, ...]) -> Iterator[Any]:
-    """The stage's MLflow run, logging the params sections it reads."""
+    """The stage's MLflow run, logging the params sections it reads, linked to the Prefect flow
+    run, which shows the library's log lines meanwhile."""
+    params_hash = params.digest(*sections)
     with tracking.stage_run(
         name,
         params.sections(*sections),
         experiment=params.tracking.experiment,
-        params_hash=params.digest(*sections),
-    ) as run:
+        params_hash=params_hash,
+    ) as run, flowrun.library_logs():
+        flowrun.link_mlflow_run(run, name, params_hash, tracking.run_url(run))
         yield run
 
 

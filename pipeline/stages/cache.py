@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 
-from prefect import flow
-
 from pipeline import paths
 from pipeline.params import load_params
-from pipeline.stage import log_numbers, stage_run, stage_task
+from pipeline.stage import log_numbers, stage_flow, stage_run, stage_task
 
 
 @stage_task(retries=1)
@@ -24,7 +22,7 @@ def build(params, root):
     )
 
 
-@flow(name="cache")
+@stage_flow("cache")
 def cache(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     root = json.loads(paths.DATASET_INFO.read_text())["root"]

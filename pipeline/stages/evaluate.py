@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 
 import torch
-from prefect import flow
+
 
 from pipeline import paths
 from pipeline.params import Params, load_params
 from pipeline.registry import register_model
-from pipeline.stage import log_files, log_numbers, stage_run, stage_task
+from pipeline.stage import log_files, log_numbers, stage_flow, stage_run, stage_task
 from psta.data.registry import get_dataset
 
 METRICS_JSON = paths.REPORTS / "metrics.json"
@@ -44,7 +44,7 @@ def score(params: Params, features, tracklets, protocols) -> dict:
     }
 
 
-@flow(name="evaluate")
+@stage_flow("evaluate")
 def evaluate(params_path: str = "params.yaml") -> dict:
     from psta.data.cache import FrameCache
     from psta.evaluation.outputs import write_eval_outputs, write_metrics
@@ -75,7 +75,8 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         metrics = write_metrics(summary, METRICS_JSON, CMC_CSV)
         log_numbers(metrics)
         log_files(METRICS_JSON, CMC_CSV, paths.EVAL / "results.json")
-        register_model(paths.MODELS / "model.pt", paths.INDEX / "stats.json", METRICS_JSON)
+        source = json.loads(paths.DATASET_INFO.read_text())["source"]  # what the index was built from
+        register_model(paths.MODELS / "model.pt", paths.INDEX / "stats.json", METRICS_JSON, source=source)
         return metrics
 
 

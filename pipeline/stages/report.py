@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 
-from prefect import flow
-
 from pipeline import paths
 from pipeline.params import load_params
-from pipeline.stage import log_files, stage_run, stage_task
+from pipeline.stage import log_files, stage_flow, stage_run, stage_task
 from pipeline.stages.evaluate import METRICS_JSON
 from pipeline.stages.train import HISTORY_CSV
 
@@ -24,7 +22,7 @@ def render(num_examples: int) -> dict:
                         REPORT_HTML, REPORT_MD, num_examples=num_examples, data_source=source)
 
 
-@flow(name="report")
+@stage_flow("report")
 def report(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     with stage_run("report", params, ("report",)):
