@@ -3,6 +3,10 @@
 `repro` runs them all (dvc repro), `retrain` runs one retrain (repro + dvc push), `serve`
 serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `prefect-ui` serves
 the Prefect UI over the flow-run history that `repro` keeps in .prefect/.
+
+Bad input of any kind (params, dataset, cache, weights, report inputs: a psta.errors.UserError)
+is one line on stderr and exit code 2. params.yaml and what its stages need from the machine
+are checked before any Prefect server, MLflow run or DVC command starts.
 """
 from __future__ import annotations
 
@@ -21,50 +25,54 @@ def main(argv: list[str] | None = None) -> int:
         help="a dvc.yaml stage; repro for all; retrain for one retrain (repro + dvc push); "
              "serve to serve the scheduled retrain deployment; prefect-ui for the flow-run history",
     )
-    parser.add_argument("--port", type=int, default=4200, help="prefect-ui: the port (default: %(default)s)")
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=4200, help="prefect-ui: the port (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.stage != "repro":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_ENABLE_TELEMETRY", "false")):
+    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                       ("MLFLOW_ENABLE_TELEMETRY", "false")):
         os.environ.setdefault(key, value)
 
-    from pipeline.params import ParamsError, load_params
-    from psta.data.cache import CacheError
-    from psta.errors import DatasetError
-    from psta.model import PretrainedWeightsError
+    if args.stage == "prefect-ui":  # reads no params: it only shows what earlier runs kept
+        from pipeline.repro import PREFECT_HOME
+        from pipeline.servers import serve_prefect_ui
 
-    user_errors = (ParamsError, DatasetError, CacheError, PretrainedWeightsError)
+        return serve_prefect_ui(PREFECT_HOME.resolve(), args.port)
+
+    from psta.errors import UserError
 
     try:
-        load_params(args.params)  # fail on bad params before a flow (and its server) starts
-        if args.stage == "repro":
-            from pipeline.repro import run_dvc_repro
-
-            return run_dvc_repro(extra, params_path=args.params)
-        if args.stage == "prefect-ui":
-            from pipeline.repro import PREFECT_HOME
-            from pipeline.servers import serve_prefect_ui
-
-            return serve_prefect_ui(PREFECT_HOME.resolve(), args.port)
-        if args.stage == "serve":
-            from pipeline.retrain import serve
-
-            return serve(params_path=args.params)
-        if args.stage == "retrain":
-            from pipeline.retrain import RetrainBusy, RetrainFailed, retrain
-
-            try:
-                retrain(params_path=args.params)
-            except (RetrainBusy, RetrainFailed) as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
-            return 0
-        module = importlib.import_module(f"pipeline.stages.{args.stage}")
-        module.flow_entry(params_path=args.params)
-    except user_errors as err:
+        return _run(args.stage, args.params, extra)
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _run(stage: str, params_path: str, extra: list[str]) -> int:
+    from pipeline.params import load_params
+    from pipeline.preflight import check_stages
+
+    # fail on bad params, and on what they need from this machine, before a flow (and its server) starts
+    check_stages(load_params(params_path), (stage,) if stage in STAGES else STAGES, params_path)
+    if stage == "repro":
+        from pipeline.repro import run_dvc_repro
+
+        return run_dvc_repro(extra, params_path=params_path)
+    if stage == "serve":
+        from pipeline.retrain import serve
+
+        return serve(params_path=params_path)
+    if stage == "retrain":
+        from pipeline.retrain import RetrainBusy, RetrainFailed, retrain
+
+        try:
+            retrain(params_path=params_path)
+        except (RetrainBusy, RetrainFailed) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
+    importlib.import_module(f"pipeline.stages.{stage}").flow_entry(params_path=params_path)
     return 0
 
 

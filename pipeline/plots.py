@@ -37,7 +37,8 @@ def html_template() -> str:
     """The page DVC fills: ``{plot_divs}`` (and ``{refresh_tag}``) are DVC's placeholders."""
     folder = files("js_lib_vega_embed") / "static" / "js_lib_vega_embed"
     # a script body must not close its own tag; inside a JS string "<\/" is the same text
-    library = "\n".join((folder / name).read_text(encoding="utf-8") for name in SCRIPTS).replace("</script", "<\\/script")
+    library = "\n".join((folder / name).read_text(encoding="utf-8") for name in SCRIPTS)
+    library = library.replace("</script", "<\\/script")
     return PAGE.replace("{library}", library)
 
 

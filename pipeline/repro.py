@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from pipeline import servers, tracking
-from pipeline.params import load_params
+from pipeline.params import SECTIONS, load_params
 
 PREFECT_HOME = Path(".prefect")
 # the port `python -m pipeline prefect-ui` serves: a run's "View at" links stay valid there later
@@ -33,7 +33,7 @@ def run_dvc_repro(dvc_args: list[str], params_path: str = "params.yaml", own_pre
     tracking.use_experiment(params.tracking.experiment)
     tags = {"stage": "pipeline", "git_commit": tracking.git_commit(), "params_hash": params.digest()}
     with mlflow.start_run(run_name="pipeline", tags=tags) as parent:
-        mlflow.log_params(tracking.flatten(params.sections(*params.__dataclass_fields__)))
+        mlflow.log_params(tracking.flatten(params.sections(*SECTIONS)))
         env = {**os.environ, tracking.PARENT_RUN_ENV: parent.info.run_id}
         env.pop("MLFLOW_RUN_ID", None)
         prefect_ui = _prefect_ui(env.get("PREFECT_API_URL"))
@@ -44,8 +44,7 @@ def run_dvc_repro(dvc_args: list[str], params_path: str = "params.yaml", own_pre
                 env["PREFECT_API_URL"] = stack.enter_context(server)
                 prefect_ui = (f"`make prefect-ui`, then http://127.0.0.1:{PREFECT_UI_PORT}/runs "
                               f"(the flow-run history kept in {PREFECT_HOME}/)")
-            dvc = Path(sys.executable).with_name("dvc")
-            code = subprocess.run([str(dvc) if dvc.exists() else "dvc", "repro", *dvc_args], env=env).returncode
+            code = subprocess.run([servers.tool_path("dvc"), "repro", *dvc_args], env=env).returncode
         mlflow.set_tag("data_version", tracking.data_version())
         metrics = Path("reports/metrics.json")
         if code == 0 and metrics.exists():

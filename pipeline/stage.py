@@ -11,9 +11,9 @@ from typing import Any, Iterator
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from pipeline import flowrun, tracking
+from pipeline import flowrun, paths, tracking
 from pipeline.params import Params
-
+from psta.errors import DatasetError
 
 # Stage tasks pass large in-memory tables between them; hashing those for Prefect's input cache
 # would cost more than the work, and DVC already decides what needs to rerun.
@@ -62,3 +62,12 @@ def log_files(*paths: str | Path, artifact_path: str | None = None) -> None:
 
 def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def read_dataset_info() -> dict[str, Any]:
+    """What ingest recorded about the dataset (source, layout, root), or one clear error."""
+    try:
+        return read_json(paths.DATASET_INFO)
+    except (OSError, ValueError):
+        raise DatasetError(f"{paths.DATASET_INFO} is missing or unreadable; run the ingest stage first "
+                           "(`python -m pipeline ingest`)") from None

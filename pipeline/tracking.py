@@ -18,12 +18,13 @@ import logging
 import os
 import sqlite3
 import subprocess
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+
+from pipeline import servers
 
 LOCAL_TRACKING_URI = "sqlite:///mlflow.db"
 LOCAL_ARTIFACTS = Path("mlruns")
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 def tracking_uri() -> str:
     """The configured tracking URI, or the local store when a remote server does not answer."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", LOCAL_TRACKING_URI)
-    if uri.startswith(("http://", "https://")) and not _server_answers(uri):
+    remote = uri.startswith(("http://", "https://"))
+    if remote and not servers.http_ok(uri.rstrip("/") + "/health", timeout=3):
         warnings.warn(
             f"MLflow tracking server {uri} is unreachable; logging to {LOCAL_TRACKING_URI} "
             "instead (start the server, or unset MLFLOW_TRACKING_URI)",
@@ -48,14 +50,6 @@ def tracking_uri() -> str:
         )
         return LOCAL_TRACKING_URI
     return uri
-
-
-def _server_answers(uri: str, timeout: float = 3.0) -> bool:
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
 
 
 def use_experiment(name: str):

@@ -1,11 +1,9 @@
 """cache: the indexed frames -> a frame store at the model's input size, built for clip reads."""
 from __future__ import annotations
 
-import json
-
 from pipeline import paths
 from pipeline.params import load_params
-from pipeline.stage import log_numbers, stage_flow, stage_run, stage_task
+from pipeline.stage import log_numbers, read_dataset_info, stage_flow, stage_run, stage_task
 
 
 @stage_task(retries=1)
@@ -25,7 +23,7 @@ def build(params, root):
 @stage_flow("cache")
 def cache(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
-    root = json.loads(paths.DATASET_INFO.read_text())["root"]
+    root = read_dataset_info()["root"]
     with stage_run("cache", params, ("cache", "model")):
         stats = build(params, root)
         log_numbers(stats)

@@ -1,15 +1,12 @@
 """evaluate: embeddings of the test tracklets -> CMC / mAP / mINP under the dataset's protocols."""
 from __future__ import annotations
 
-import json
-
 import torch
-
 
 from pipeline import paths
 from pipeline.params import Params, load_params
 from pipeline.registry import register_model
-from pipeline.stage import log_files, log_numbers, stage_flow, stage_run, stage_task
+from pipeline.stage import log_files, log_numbers, read_dataset_info, stage_flow, stage_run, stage_task
 from psta.data.registry import get_dataset
 
 METRICS_JSON = paths.REPORTS / "metrics.json"
@@ -75,7 +72,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         metrics = write_metrics(summary, METRICS_JSON, CMC_CSV)
         log_numbers(metrics)
         log_files(METRICS_JSON, CMC_CSV, paths.EVAL / "results.json")
-        source = json.loads(paths.DATASET_INFO.read_text())["source"]  # what the index was built from
+        source = read_dataset_info()["source"]  # what the index was built from
         register_model(paths.MODELS / "model.pt", paths.INDEX / "stats.json", METRICS_JSON, source=source)
         return metrics
 

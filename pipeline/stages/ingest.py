@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.params import Params, ParamsError, load_params
+from pipeline.params import Params, load_params
 from pipeline.stage import log_files, log_numbers, stage_flow, stage_run, stage_task
 from psta.atomic import atomic_dir
 from psta.data.registry import DatasetSpec, dataset_names, get_dataset
@@ -20,19 +20,8 @@ VIDEO_TRACKLETS = paths.RAW / "MARS"
 
 
 def dataset_root(params: Params) -> Path:
-    """Where the MARS/Duke tree the readers see lives."""
-    root = Path(params.data.root)
-    if params.data.source == "videos":
-        return VIDEO_TRACKLETS
-    if params.data.source == "synthetic":
-        try:
-            root.resolve().relative_to(paths.RAW.resolve())
-        except ValueError:
-            raise ParamsError(
-                f"params.yaml: data.root={params.data.root!r} must lie under {paths.RAW}/ when "
-                "data.source is synthetic (the generated tree is a DVC output there)"
-            ) from None
-    return root
+    """Where the MARS/Duke tree the readers see lives (params validation checked data.root)."""
+    return VIDEO_TRACKLETS if params.data.source == "videos" else Path(params.data.root)
 
 
 def dataset_of(params: Params) -> DatasetSpec:

@@ -127,11 +127,8 @@ def train_flow(params_path: str = "params.yaml") -> dict:
 
 def flow_entry(params_path: str) -> dict:
     from psta.engine import env_dist_info
-    from psta.model import check_pretrained
 
-    params = load_params(params_path)
-    check_pretrained(params.model.pretrained, params.model.backbone)  # offline: fail before any work
-
+    params = load_params(params_path)  # `python -m pipeline` also ran pipeline.preflight
     if env_dist_info().rank != 0:
         # torchrun's other ranks train in lock-step; rank 0 alone runs the flow and writes
         return {"rank": env_dist_info().rank, "result": run_training(params).epochs_completed}

@@ -22,7 +22,7 @@ from typing import Literal
 from psta.data.duke import read_duke
 from psta.data.mars import read_mars
 from psta.data.raw import RawTracklets
-from psta.data.synthetic import generate_duke, generate_mars
+from psta.data.synthetic import DUKE_CAMERAS, MARS_CAMERAS, generate_duke, generate_mars
 from psta.errors import DatasetError
 
 __all__ = [
@@ -77,6 +77,8 @@ class DatasetSpec:
         test_sampling: the paper's test clips (``evaluate.sampling: auto``).
         paper: PSTA's published result, or ``None``.
         split_scheme: how the release splits train and test (recorded with the ingested data).
+        cameras: the release's cameras, the synthetic layout's default ``num_cameras`` (params
+            validation checks ``synthetic.cameras_per_id`` against it; ``None``: the writer does).
     """
 
     name: str
@@ -88,6 +90,7 @@ class DatasetSpec:
     test_sampling: Literal["begin", "dense", "all"]
     paper: PaperResult | None
     split_scheme: str
+    cameras: int | None = None
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.protocols]
@@ -164,11 +167,11 @@ register_dataset(DatasetSpec(
     name="mars", title="MARS", reader=read_mars, synthetic=generate_mars,
     protocols=(MARS_OFFICIAL, MARS_TORCHREID), headline_protocol="mars_official",
     test_sampling="begin", paper=PaperResult(rank1=91.5, mAP=85.8, protocol="mars_official"),
-    split_scheme="fixed: the release's train / test (query_IDX marks the queries)",
+    split_scheme="fixed: the release's train / test (query_IDX marks the queries)", cameras=MARS_CAMERAS,
 ))
 register_dataset(DatasetSpec(
     name="duke", title="DukeMTMC-VideoReID", reader=read_duke, synthetic=generate_duke,
     protocols=(DUKE,), headline_protocol="duke",
     test_sampling="dense", paper=PaperResult(rank1=98.3, mAP=97.7, protocol="duke"),
-    split_scheme="fixed: the release's train / query / gallery folders",
+    split_scheme="fixed: the release's train / query / gallery folders", cameras=DUKE_CAMERAS,
 ))

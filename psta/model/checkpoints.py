@@ -14,11 +14,13 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from psta.errors import UserError
+
 CHECKPOINT_FORMAT = "psta-reid/model-v1"
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """A state dict does not fit a model: missing / unexpected keys or shape mismatches."""
 
 
