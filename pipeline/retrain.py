@@ -6,8 +6,8 @@ then `dvc push` of every output to the default DVC remote (params.yaml `retrain.
 commit of the new dvc.lock and metrics on the git branch `retrain.branch`, pushed to
 `retrain.git_remote` (pipeline/gitrecord.py): without it the pushed outputs would be
 unreachable from any other clone. The outcome is the flow's return value, a Prefect markdown
-artifact `retrain-outcome`, log lines, and tags `retrain_outcome` / `retrain_pushed` / `retrain_git_commit` / `prefect_flow_run_id` on
-the MLflow parent run.
+artifact `retrain-outcome`, log lines, and tags `retrain_outcome` / `retrain_pushed` /
+`retrain_git_commit` / `prefect_flow_run_id` on the MLflow parent run.
 
 At most one retrain runs at a time in a project: each run holds an exclusive, non-blocking
 `flock` on `.dvc/tmp/retrain.lock` (git-ignored by DVC's own .gitignore) for its whole life, so
