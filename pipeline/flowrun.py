@@ -68,11 +68,14 @@ def link_mlflow_run(run, stage: str, params_hash: str, mlflow_url: str) -> None:
     if not flow_run_id:
         return
     tags = {"psta", f"stage:{stage}", f"params:{params_hash[:12]}", f"mlflow-run:{run.info.run_id}"}
-    with get_client(sync_client=True) as client:
-        current = client.read_flow_run(flow_run_id)
-        client.update_flow_run(flow_run_id, tags=sorted(set(current.tags) | tags))
-    create_link_artifact(link=mlflow_url, link_text=f"MLflow run of the {stage} stage",
-                         key=f"mlflow-run-{stage}", description=f"MLflow run {run.info.run_id}")
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(flow_run_id)
+            client.update_flow_run(flow_run_id, tags=sorted(set(current.tags) | tags))
+        create_link_artifact(link=mlflow_url, link_text=f"MLflow run of the {stage} stage",
+                             key=f"mlflow-run-{stage}", description=f"MLflow run {run.info.run_id}")
+    except Exception as err:  # a courtesy: the stage's work must not depend on it
+        logging.getLogger(__name__).warning("could not link flow run %s to MLflow: %s", flow_run_id, err)
     mlflow.set_tag("prefect_flow_run_id", str(flow_run_id))
     url = flow_run_url(str(flow_run_id))
     if url:
