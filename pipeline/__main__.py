@@ -1,7 +1,8 @@
 """`python -m pipeline <stage>`: run one stage of dvc.yaml as a Prefect flow.
 
 `repro` runs them all (dvc repro), `retrain` runs one retrain (repro + dvc push), `serve`
-serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `prefect-ui` serves
+serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `splits-summary`
+averages the DVC experiments of a 10-split dataset (pipeline/splits.py), `prefect-ui` serves
 the Prefect UI over the flow-run history that `repro` keeps in .prefect/.
 
 Bad input of any kind (params, dataset, cache, weights, report inputs: a psta.errors.UserError)
@@ -21,9 +22,10 @@ STAGES = ("ingest", "index", "cache", "train", "evaluate", "report")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument(
-        "stage", choices=(*STAGES, "repro", "retrain", "serve", "prefect-ui"),
+        "stage", choices=(*STAGES, "repro", "retrain", "serve", "splits-summary", "prefect-ui"),
         help="a dvc.yaml stage; repro for all; retrain for one retrain (repro + dvc push); "
-             "serve to serve the scheduled retrain deployment; prefect-ui for the flow-run history",
+             "serve to serve the scheduled retrain deployment; splits-summary for the mean and std "
+             "over the data.split experiments; prefect-ui for the flow-run history",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     parser.add_argument("--port", type=int, default=4200, help="prefect-ui: the port (default: %(default)s)")
@@ -52,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(stage: str, params_path: str, extra: list[str]) -> int:
     from pipeline.params import load_params
     from pipeline.preflight import check_stages
+
+    if stage == "splits-summary":   # reads experiments' metrics: needs valid params, nothing else
+        from pipeline.splits import splits_summary
+
+        load_params(params_path)
+        splits_summary(params_path=params_path)
+        return 0
 
     # fail on bad params, and on what they need from this machine, before a flow (and its server) starts
     check_stages(load_params(params_path), (stage,) if stage in STAGES else STAGES, params_path)

@@ -49,6 +49,12 @@ class DataParams(Section):
     # tree goes (under data/raw/)
     root: str = Field("data/raw/MARS", min_length=1)
     on_bad_frame: Literal["error", "skip"] = "error"
+    # which of the 10 published train/test splits (iLIDS-VID, PRID-2011); 0 for the others
+    split: int = Field(0, ge=0, le=9)
+    # PRID-2011 without splits_prid2011.json in data.root: iLIDS-VID's train_test_splits_prid.mat
+    split_file: str | None = Field(None, min_length=1)
+    # PRID-2011 with neither: the seed of the 10 drawn splits (written to data/ingest/splits.json)
+    split_seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _synthetic_under_raw(self) -> "DataParams":

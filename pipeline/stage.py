@@ -13,6 +13,7 @@ from prefect.cache_policies import NONE
 
 from pipeline import flowrun, paths, tracking
 from pipeline.params import Params
+from psta.data.registry import DatasetSpec, get_dataset
 from psta.errors import DatasetError
 
 # Stage tasks pass large in-memory tables between them; hashing those for Prefect's input cache
@@ -25,10 +26,19 @@ def stage_flow(name: str):
     return flow(name=name, flow_run_name=name)
 
 
+def dataset_of(params: Params) -> DatasetSpec:
+    """The registered dataset whose layout the readers see (videos are cut into MARS)."""
+    source = params.data.source
+    return get_dataset({"synthetic": params.synthetic.layout, "videos": "mars"}.get(source, source))
+
+
 @contextlib.contextmanager
 def stage_run(name: str, params: Params, sections: tuple[str, ...]) -> Iterator[Any]:
     """The stage's MLflow run, logging the params sections it reads, linked to the Prefect flow
-    run, which shows the library's log lines meanwhile."""
+    run, which shows the library's log lines meanwhile; on a dataset with several published
+    splits (iLIDS-VID, PRID-2011) it is tagged ``data_split`` with the one used."""
+    import mlflow
+
     params_hash = params.digest(*sections)
     with tracking.stage_run(
         name,
@@ -37,6 +47,8 @@ def stage_run(name: str, params: Params, sections: tuple[str, ...]) -> Iterator[
         params_hash=params_hash,
     ) as run, flowrun.library_logs():
         flowrun.link_mlflow_run(run, name, params_hash, tracking.run_url(run))
+        if dataset_of(params).num_splits > 1:
+            mlflow.set_tag("data_split", str(params.data.split))
         yield run
 
 

@@ -13,7 +13,8 @@ from psta.config import FieldError
 from psta.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS_FILES = ["params.yaml", "configs/paper_mars.yaml", "configs/paper_duke.yaml"]
+PAPER_CONFIGS = ["paper_mars", "paper_duke", "paper_ilidsvid", "paper_prid", "paper_lsvid"]
+PARAMS_FILES = ["params.yaml"] + [f"configs/{name}.yaml" for name in PAPER_CONFIGS]
 
 
 def test_repository_params_are_valid_and_complete():
@@ -28,10 +29,10 @@ def test_repository_params_are_valid_and_complete():
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"data": {"sorce": "mars"}}, "unknown key(s) data.sorce; 'data' accepts: on_bad_frame, root, source"),
+        ({"data": {"sorce": "mars"}}, "unknown key(s) data.sorce; 'data' accepts: on_bad_frame, root, source, split, split_file, split_seed"),
         ({"synthetic": {"cameras_per_id": [2, "x"]}}, "synthetic.cameras_per_id[1]: expected int, got str 'x'"),
         ({"data": {"source": "market"}},
-         "data.source: expected 'synthetic' | 'mars' | 'duke' | 'videos', got str 'market'"),
+         "data.source: expected 'synthetic' | 'mars' | 'duke' | 'ilidsvid' | 'prid' | 'lsvid' | 'videos', got str 'market'"),
         ({"synthetic": {"seed": "zero"}}, "synthetic.seed: expected int >= 0, got str 'zero'"),
         ({"synthetic": {"num_cameras": True}}, "synthetic.num_cameras: expected int or null in [2, 9], got bool True"),
         ({"train": {"epochs": "3"}}, "train.epochs: expected int >= 1, got str '3'"),
@@ -175,7 +176,7 @@ def test_digest_changes_only_with_the_named_sections():
     assert a.digest() != b.digest()
 
 
-@pytest.mark.parametrize("name", ["paper_mars", "paper_duke"])
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_paper_configs_are_complete_and_hold_the_recipe(name):
     path = REPO / "configs" / f"{name}.yaml"
     params = load_params(path)
@@ -230,6 +231,7 @@ def test_resume_from_an_existing_checkpoint_and_torchrun_batch_split(monkeypatch
     ("train.lr=1e-5", "  lr: 1e-05"),
     ("retrain.cron=0 4 * * 1", "  cron: 0 4 * * 1"),
     ("synthetic.seed=7", "  seed: 7"),
+    ("data.split=3", "  split: 3"),
 ])
 def test_dvc_set_param_changes_exactly_one_line_and_keeps_the_comments(tmp_path, name, override, line):
     from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` calls to rewrite params

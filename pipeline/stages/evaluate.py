@@ -54,7 +54,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         dataset = index.stats["dataset"]
         protocols = get_dataset(dataset).protocol_names
         sampling = sampling_for(params, dataset)
-        test = index.tracklets[index.tracklets["split"] != "train"].reset_index(drop=True)
+        test = index.tracklets[index.tracklets["split"].isin(["query", "gallery"])].reset_index(drop=True)
         cache = FrameCache(paths.CACHE)
         cache.check_tracklets(index.tracklets)
         model, checkpoint = load_checkpoint(paths.MODELS / "model.pt")
@@ -67,7 +67,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
             untrained = score(params, embed(params, fresh, test, cache, sampling), test, protocols)
         summary = write_eval_outputs(
             paths.EVAL, test, features, results, untrained, dataset=dataset, sampling=sampling,
-            metric=params.evaluate.metric, rerank=params.evaluate.rerank,
+            metric=params.evaluate.metric, rerank=params.evaluate.rerank, split=index.stats.get("split"),
         )
         metrics = write_metrics(summary, METRICS_JSON, CMC_CSV)
         log_numbers(metrics)

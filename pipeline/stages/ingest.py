@@ -12,9 +12,12 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.params import Params, load_params
-from pipeline.stage import log_files, log_numbers, stage_flow, stage_run, stage_task
+from pipeline.stage import dataset_of, log_files, log_numbers, stage_flow, stage_run, stage_task
 from psta.atomic import atomic_dir
-from psta.data.registry import DatasetSpec, dataset_names, get_dataset
+from psta.data.registry import DatasetSpec, dataset_names
+
+__all__ = ["dataset_of", "dataset_root", "ingest"]
+SPLITS_JSON = paths.INGEST / "splits.json"
 
 VIDEO_TRACKLETS = paths.RAW / "MARS"
 
@@ -22,12 +25,6 @@ VIDEO_TRACKLETS = paths.RAW / "MARS"
 def dataset_root(params: Params) -> Path:
     """Where the MARS/Duke tree the readers see lives (params validation checked data.root)."""
     return VIDEO_TRACKLETS if params.data.source == "videos" else Path(params.data.root)
-
-
-def dataset_of(params: Params) -> DatasetSpec:
-    """The registered dataset whose layout the readers see (videos are cut into MARS)."""
-    source = params.data.source
-    return get_dataset({"synthetic": params.synthetic.layout, "videos": "mars"}.get(source, source))
 
 
 @stage_task
@@ -43,8 +40,9 @@ def tracklets_from_videos(params: Params, out_root: Path) -> dict:
 
 
 @stage_task
-def read_raw(spec: DatasetSpec, root: Path):
-    return spec.reader(root)
+def read_raw(spec: DatasetSpec, root: Path, params: Params):
+    d = params.data
+    return spec.read(root, split=d.split, split_file=d.split_file, split_seed=d.split_seed)
 
 
 @stage_task
@@ -62,16 +60,17 @@ def ingest(params_path: str = "params.yaml") -> dict:
     root = dataset_root(params)
     spec = dataset_of(params)
     sections = {"synthetic": ("data", "synthetic"), "videos": ("data", "videos")}.get(params.data.source, ("data",))
+    spec.check_split(params.data.split)
     with stage_run("ingest", params, sections):
         planted = None
         if params.data.source == "synthetic":
             planted = generate_synthetic(params, spec, root)
         elif params.data.source == "videos":
             planted = tracklets_from_videos(params, root)
-        raw = read_raw(spec, root)
+        raw = read_raw(spec, root, params)
         ok_mask, bad = check_frames(root, raw, params.data.on_bad_frame)
         info = {"source": params.data.source, "layout": spec.name, "root": str(root),
-                "split": spec.split_scheme}
+                "split": spec.split_scheme, "chosen_split": raw.meta.get("split")}
         stats = {
             **info,
             "tracklets": len(raw.tracklets),
@@ -85,6 +84,8 @@ def ingest(params_path: str = "params.yaml") -> dict:
             write_manifest(raw, ok_mask, out / paths.MANIFEST.name)
             (out / paths.DATASET_INFO.name).write_text(json.dumps(info, indent=2) + "\n")
             (out / paths.INGEST_STATS.name).write_text(json.dumps(stats, indent=2) + "\n")
+            if raw.generated_splits is not None:   # drawn splits: recorded with the outputs, never in the dataset
+                (out / SPLITS_JSON.name).write_text(json.dumps(raw.generated_splits, indent=1) + "\n")
         if params.data.source in dataset_names():
             # data/raw is a declared out; for a user's own copy it only records where the data is
             with atomic_dir(paths.RAW) as out:

@@ -1,11 +1,13 @@
-"""Frame validation: every JPEG exists, is non-empty and decodes.
+"""Frame validation: every frame file (JPEG, or PNG for iLIDS-VID / PRID-2011) exists, is
+non-empty and decodes.
 
-Checks per file, cheapest first: it exists and can be read; it is not empty; it starts with the
-JPEG SOI marker and ends with EOI (trailing zero padding allowed); its header parses up to a
-frame header (SOF) with a non-zero size before the scan starts; and, with ``decode=True`` (the
-default), PIL decodes the whole scan (at 1/8 scale: every
-compressed block is still decoded, only the inverse DCT is cheaper). The work is spread over a few threads (file reads and
-libjpeg release the GIL).
+Checks per file, cheapest first: it exists and can be read; it is not empty. A JPEG must start
+with the SOI marker and end with EOI (trailing zero padding allowed), and its header must parse
+up to a frame header (SOF) with a non-zero size before the scan starts; a ``.png`` must start
+with the PNG signature and an IHDR chunk of non-zero size and end with the IEND chunk. With
+``decode=True`` (the default) PIL then decodes the image (a JPEG at 1/8 scale: every
+compressed block is still decoded, only the inverse DCT is cheaper). The work is spread over a
+few threads (file reads, libjpeg and zlib release the GIL).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from PIL import Image
 
 from psta.errors import DatasetError
 
-__all__ = ["check_frames", "check_jpeg_bytes", "ON_BAD_FRAME"]
+__all__ = ["check_frames", "check_jpeg_bytes", "check_png_bytes", "ON_BAD_FRAME"]
 
 ON_BAD_FRAME = ("error", "skip")
 
@@ -73,6 +75,32 @@ def check_jpeg_bytes(data: bytes, decode: bool = True) -> str | None:
     return None
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def check_png_bytes(data: bytes, decode: bool = True) -> str | None:
+    """Why ``data`` is not a usable PNG, or ``None`` if it is."""
+    if not data:
+        return "empty file (0 bytes)"
+    if not data.startswith(_PNG_SIGNATURE):
+        return "not a PNG (no PNG signature at the start)"
+    if data[12:16] != b"IHDR" or len(data) < 33:
+        return "corrupt PNG header (no IHDR chunk first)"
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if w == 0 or h == 0:
+        return f"PNG header gives size {w}x{h}"
+    if not data.endswith(_PNG_END):
+        return "truncated PNG (no IEND chunk at the end)"
+    if decode:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error...
+            return f"does not decode ({type(e).__name__}: {e})"
+    return None
+
+
 def _check_file(full: str, decode: bool) -> str | None:
     try:
         with open(full, "rb") as f:
@@ -83,6 +111,8 @@ def _check_file(full: str, decode: bool) -> str | None:
         return "is a directory, not a file"
     except OSError as e:
         return f"unreadable ({e.strerror or e})"
+    if full.lower().endswith(".png"):
+        return check_png_bytes(data, decode)
     return check_jpeg_bytes(data, decode)
 
 
@@ -97,7 +127,7 @@ def _as_list(paths: pa.Array | pa.ChunkedArray | Sequence[str] | Iterable[str]) 
 def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
                  decode: bool = True, workers: int | None = None,
                  chunk: int = 4096) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """Validate the JPEGs ``root/p`` for every ``p`` in ``paths``.
+    """Validate the frame files (JPEG, or PNG by their ``.png`` name) ``root/p`` for every ``p`` in ``paths``.
 
     Args:
         root: dataset root the paths are relative to.

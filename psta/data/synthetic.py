@@ -367,13 +367,14 @@ def _workers(workers: int | None) -> int:
     return max(1, workers or 1)
 
 
-def _jpeg(frame: np.ndarray, quality: int, blur: int = 0) -> bytes:
-    """Encode one frame, after the camera's box blur (PIL's, cheap)."""
+def _jpeg(frame: np.ndarray, quality: int, blur: int = 0, image_format: str = "JPEG") -> bytes:
+    """Encode one frame (JPEG, or PNG as iLIDS-VID and PRID-2011 publish theirs), after the
+    camera's box blur (PIL's, cheap)."""
     im = Image.fromarray(frame)
     if blur:
         im = im.filter(ImageFilter.BoxBlur(blur))
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
+    im.save(buf, format=image_format, **({"quality": quality} if image_format == "JPEG" else {}))
     return buf.getvalue()
 
 
@@ -382,11 +383,12 @@ class Painter:
 
     A writer of a new layout draws identities with :func:`draw_pids` and
     :func:`identity_tracklets`, then renders jobs ``(appearance key, 0-based camera, frames,
-    serial, junk)`` with :meth:`render_many` and writes the JPEG bytes it yields.
+    serial, junk)`` with :meth:`render_many` and writes the encoded bytes it yields
+    (``image_format``: ``"JPEG"`` or ``"PNG"``).
     """
 
-    def __init__(self, cfg: SyntheticConfig, ncam: int, stream: int):
-        self.cfg, self.stream = cfg, stream
+    def __init__(self, cfg: SyntheticConfig, ncam: int, stream: int, image_format: str = "JPEG"):
+        self.cfg, self.stream, self.image_format = cfg, stream, image_format
         self.cams = [_camera(np.random.default_rng([cfg.seed, stream, 2, c]), cfg.height, cfg.width)
                      for c in range(ncam)]
         self._apps: dict[int, dict] = {}
@@ -401,7 +403,7 @@ class Painter:
         imgs = _render(self.appearance(app_key), self.cams[cam], rng, n, self.cfg.height,
                        self.cfg.width, self.cfg.occlusion_prob, junk=junk)
         blur = self.cams[cam]["blur"]
-        return [_jpeg(f, self.cfg.jpeg_quality, blur) for f in imgs]
+        return [_jpeg(f, self.cfg.jpeg_quality, blur, self.image_format) for f in imgs]
 
     def render_many(self, jobs: list[tuple], workers: int | None = None):
         """Yield ``frames(*job)`` for each job, in order, rendered by ``workers`` threads.
