@@ -5,6 +5,7 @@ import contextlib
 import functools
 import json
 import numbers
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +20,12 @@ from psta.errors import DatasetError
 # Stage tasks pass large in-memory tables between them; hashing those for Prefect's input cache
 # would cost more than the work, and DVC already decides what needs to rerun.
 stage_task = functools.partial(task, cache_policy=NONE)
+
+
+def bars() -> bool:
+    """Progress bars only on a terminal: written to a file or a CI log, each redraw of a bar would
+    pile up into one endless line (the per-epoch summary lines stay)."""
+    return sys.stderr.isatty()
 
 
 def stage_flow(name: str):

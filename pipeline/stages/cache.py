@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pipeline import paths
 from pipeline.params import load_params
-from pipeline.stage import log_numbers, read_dataset_info, stage_flow, stage_run, stage_task
+from pipeline.stage import bars, log_numbers, read_dataset_info, stage_flow, stage_run, stage_task
 
 
 @stage_task(retries=1)
@@ -16,7 +16,7 @@ def build(params, root):
         index.frames, root, paths.CACHE,
         height=params.model.height, width=params.model.width, format=params.cache.format,
         shard_bytes=params.cache.shard_mb << 20, num_workers=params.cache.num_workers,
-        jpeg_quality=params.cache.jpeg_quality,
+        jpeg_quality=params.cache.jpeg_quality, progress=bars(),
     )
 
 

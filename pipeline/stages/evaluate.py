@@ -6,7 +6,7 @@ import torch
 from pipeline import paths
 from pipeline.params import Params, load_params
 from pipeline.registry import register_model
-from pipeline.stage import log_files, log_numbers, read_dataset_info, stage_flow, stage_run, stage_task
+from pipeline.stage import bars, log_files, log_numbers, read_dataset_info, stage_flow, stage_run, stage_task
 from psta.data.registry import get_dataset
 
 METRICS_JSON = paths.REPORTS / "metrics.json"
@@ -25,7 +25,8 @@ def embed(params: Params, model, tracklets, cache, sampling: str):
 
     e = params.evaluate
     return extract_features(model, tracklets, cache, seq_len=params.model.seq_len, sampling=sampling,
-                            batch_size=e.batch_size, precision=e.precision, num_workers=e.num_workers)
+                            batch_size=e.batch_size, precision=e.precision, num_workers=e.num_workers,
+                            progress=bars())
 
 
 @stage_task

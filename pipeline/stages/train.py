@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline import paths
 from pipeline.params import Params, ParamsError, load_params
-from pipeline.stage import log_files, log_numbers, stage_flow, stage_run, stage_task
+from pipeline.stage import bars, log_files, log_numbers, stage_flow, stage_run, stage_task
 from psta.atomic import atomic_path
 
 TRAIN_STATE = Path("data/train")
@@ -84,7 +84,8 @@ def prepare(params: Params) -> TrainingInputs:
 def fit(params: Params, inputs: TrainingInputs, on_epoch_end=None):
     from psta.engine import train
 
-    return train(params.train, inputs.model, inputs.train_set, inputs.out_dir, evaluate=inputs.evaluate,
+    config = params.train.model_copy(update={"progress": params.train.progress and bars()})
+    return train(config, inputs.model, inputs.train_set, inputs.out_dir, evaluate=inputs.evaluate,
                  on_epoch_end=on_epoch_end)
 
 
