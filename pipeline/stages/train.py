@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import paths
+from pipeline.lineage import log_dataset_input
 from pipeline.params import Params, ParamsError, load_params
 from pipeline.stage import bars, log_files, log_numbers, stage_flow, stage_run, stage_task
 from psta.atomic import atomic_path
@@ -137,6 +138,7 @@ def publish_model(result) -> Path:
 def train_flow(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     with stage_run("train", params, SECTIONS):
+        log_dataset_input(context="training")
         inputs = stage_task(name="prepare-data-and-model")(prepare)(params)
         result = stage_task(name="fit")(fit)(
             params, inputs, on_epoch_end=lambda epoch, metrics: log_numbers(in_percent(metrics), step=epoch))
