@@ -2,7 +2,8 @@
 
 `repro` runs them all (dvc repro), `retrain` runs one retrain (repro + dvc push), `serve`
 serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `splits-summary`
-averages the DVC experiments of a 10-split dataset (pipeline/splits.py), `search` searches
+averages the DVC experiments of a 10-split dataset (pipeline/splits.py), `prefect-ui` serves
+the Prefect UI over the flow-run history that `repro` keeps in .prefect/, `search` searches
 the gallery for a person (`python -m pipeline search --help`), `export` writes the ONNX model.
 
 Bad input of any kind (params, dataset, cache, weights, report inputs: a psta.errors.UserError)
@@ -17,7 +18,7 @@ import os
 import sys
 
 STAGES = ("ingest", "index", "cache", "train", "evaluate", "gallery", "report")
-COMMANDS = ("repro", "retrain", "serve", "splits-summary", "export", "search")
+COMMANDS = ("repro", "retrain", "serve", "splits-summary", "prefect-ui", "export", "search")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,14 +30,21 @@ def main(argv: list[str] | None = None) -> int:
         "stage", choices=(*STAGES, *COMMANDS),
         help="a dvc.yaml stage; repro for all; retrain for one retrain (repro + dvc push); "
              "serve to serve the scheduled retrain deployment; splits-summary for the mean and std "
-             "over the data.split experiments; export for the ONNX model; "
-             "search to find a person in the gallery",
+             "over the data.split experiments; prefect-ui for the flow-run history; export for the "
+             "ONNX model; search to find a person in the gallery",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=4200, help="prefect-ui: the port (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.stage != "repro":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _no_telemetry()
+
+    if args.stage == "prefect-ui":  # reads no params: it only shows what earlier runs kept
+        from pipeline.repro import PREFECT_HOME
+        from pipeline.servers import serve_prefect_ui
+
+        return serve_prefect_ui(PREFECT_HOME.resolve(), args.port)
 
     from psta.errors import UserError
 

@@ -5,12 +5,18 @@ Default store: ``sqlite:///mlflow.db`` in the working directory (MLflow 3 refuse
 run id in ``PSTA_PARENT_RUN_ID`` (our own variable: ``MLFLOW_RUN_ID`` would make every stage
 *resume* the parent instead of nesting under it). An unreachable tracking server never loses
 work: the stage warns and logs to the local store instead.
+
+Artifacts of the local store stay in the checkout that runs: ``mlruns/<experiment id>`` beside
+``mlflow.db``. MLflow stores that location as an absolute path, so a copied checkout would log
+into the original's ``mlruns/``; :func:`use_experiment` moves such an experiment's location back
+into the copy (earlier runs keep theirs) and says so.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import sqlite3
 import subprocess
 import warnings
 from pathlib import Path
@@ -21,7 +27,12 @@ import yaml
 from pipeline import servers
 
 LOCAL_TRACKING_URI = "sqlite:///mlflow.db"
+LOCAL_ARTIFACTS = Path("mlruns")
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the local store
 PARENT_RUN_ENV = "PSTA_PARENT_RUN_ID"
+# the MLflow UI opens an experiment of this kind in its model-training mode (runs, metrics, models)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +50,56 @@ def tracking_uri() -> str:
         )
         return LOCAL_TRACKING_URI
     return uri
+
+
+def use_experiment(name: str):
+    """Make ``name`` the active experiment (created if missing), tagged for the model-training UI;
+    in the checkout's own store its artifacts are kept in this checkout (:func:`keep_artifacts_here`)."""
+    import mlflow
+
+    experiment = mlflow.set_experiment(name)
+    if mlflow.get_tracking_uri() == LOCAL_TRACKING_URI:
+        keep_artifacts_here(experiment)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment
+
+
+def keep_artifacts_here(experiment) -> None:
+    """Point an experiment of ./mlflow.db that logs into another checkout's mlruns/ at ours.
+
+    Only MLflow's default layout (``<checkout>/mlruns/<id>``) is moved: it means mlflow.db was
+    copied from that checkout. A location chosen on purpose is left as it is.
+    """
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
+    location = experiment.artifact_location
+    if not is_local_uri(location):
+        return
+    current = Path(local_file_uri_to_path(location))
+    here = Path.cwd() / LOCAL_ARTIFACTS / experiment.experiment_id
+    if current == here or current.parent.name != LOCAL_ARTIFACTS.name or current.name != experiment.experiment_id:
+        return
+    # MLflow has no API to change an experiment's location; its SQLite schema has had this column
+    # since 1.0. Earlier runs keep their own artifact URIs.
+    with contextlib.closing(sqlite3.connect(LOCAL_TRACKING_URI.removeprefix("sqlite:///"))) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                   (str(here), int(experiment.experiment_id)))
+    warnings.warn(
+        f"mlflow.db was copied from another checkout: experiment {experiment.name!r} logged its "
+        f"artifacts to {current}; new runs now log to {here} (earlier runs keep theirs)",
+        RuntimeWarning, stacklevel=3,
+    )
+
+
+def run_url(run, uri: str | None = None) -> str:
+    """The MLflow UI page of ``run``: on the tracking server, or where `make ui` serves the local store."""
+    import mlflow
+
+    uri = uri or mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
 
 
 def git_commit() -> str:
@@ -84,7 +145,7 @@ def stage_run(
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment)
     parent = os.environ.get(PARENT_RUN_ENV) or None
     tags = {
         "stage": stage,

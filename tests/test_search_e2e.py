@@ -262,7 +262,7 @@ def test_served_champion_embeds_raw_frames_as_the_evaluation(demo, tmp_path):
                        for p in index.frame_paths(tid)])
 
     client = mlflow.MlflowClient(demo.env["MLFLOW_TRACKING_URI"])
-    version = client.get_model_version_by_alias("psta-mars", "champion")
+    version = client.get_model_version_by_alias("psta-synthetic-mars", "champion")
     metrics = json.loads((demo.path / "reports/metrics.json").read_text())
     threshold = metrics["mars_official"]["verification"]["threshold"]
     assert version.tags["training_data"] == "synthetic-mars"
@@ -271,7 +271,8 @@ def test_served_champion_embeds_raw_frames_as_the_evaluation(demo, tmp_path):
     assert version.tags["model_sha256"] == model_sha256(demo.path / "data/models/model.pt")
     assert "Input: uint8 RGB frames B x T x H x W x 3" in version.description
 
-    with model_server("models:/psta-mars@champion", demo.env["MLFLOW_TRACKING_URI"], tmp_path / "serve.log") as url:
+    uri = "models:/psta-synthetic-mars@champion"
+    with model_server(uri, demo.env["MLFLOW_TRACKING_URI"], tmp_path / "serve.log") as url:
         clip = frames[begin_interval_indices(len(frames), seq_len)]
         status, answer = post(url, {"inputs": clip[None].tolist()})
         assert status == 200, answer
@@ -311,7 +312,7 @@ def test_onnx_export_matches_pytorch_and_is_logged_to_the_model_version(demo):
     assert relative_difference(session.run(None, {"clips": clips.numpy()})[0], want) <= 1e-4
 
     client = mlflow.MlflowClient(demo.env["MLFLOW_TRACKING_URI"])
-    version = client.get_model_version_by_alias("psta-mars", "champion")
+    version = client.get_model_version_by_alias("psta-synthetic-mars", "champion")
     assert float(version.tags["onnx_max_rel_diff"]) == pytest.approx(parity["max_rel_diff"], rel=1e-2)
     assert [a.path for a in client.list_artifacts(version.run_id, "onnx")] == ["onnx/psta.onnx"]
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import flow
-
 from pipeline import paths
 from pipeline.params import Params, load_params
-from pipeline.stage import dataset_of, log_files, log_numbers, stage_run, stage_task
+from pipeline.stage import dataset_of, log_files, log_numbers, stage_flow, stage_run, stage_task
 from psta.atomic import atomic_dir
 from psta.data.registry import DatasetSpec, dataset_names
 
@@ -54,7 +52,7 @@ def check_frames(root: Path, raw, on_bad_frame: str):
     return check(root, raw.paths, on_bad_frame)
 
 
-@flow(name="ingest")
+@stage_flow("ingest")
 def ingest(params_path: str = "params.yaml") -> dict:
     from psta.index import write_manifest
 
