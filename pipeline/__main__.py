@@ -6,6 +6,7 @@ serves the scheduled deployment retrain/scheduled (pipeline/retrain.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -27,12 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_ENABLE_TELEMETRY", "false")):
         os.environ.setdefault(key, value)
 
+    from pipeline.locks import Busy
     from pipeline.params import ParamsError, load_params
     from psta.data.cache import CacheError
-    from psta.errors import DatasetError
+    from psta.errors import DatasetError, IntegrityError
     from psta.model import PretrainedWeightsError
 
-    user_errors = (ParamsError, DatasetError, CacheError, PretrainedWeightsError)
+    user_errors = (ParamsError, DatasetError, CacheError, PretrainedWeightsError, IntegrityError)
 
     try:
         load_params(args.params)  # fail on bad params before a flow (and its server) starts
@@ -54,11 +56,39 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             return 0
         module = importlib.import_module(f"pipeline.stages.{args.stage}")
-        module.flow_entry(params_path=args.params)
-    except user_errors as err:
+        with _stage_guard(args.stage):
+            module.flow_entry(params_path=args.params)
+    except Busy as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except user_errors as err:
+        print(f"error: {_message(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _message(err: Exception) -> str:
+    """The error's own message, also when a DataLoader worker wrapped it with its traceback."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith(type(err).__module__) else last
+    return text
+
+
+@contextlib.contextmanager
+def _stage_guard(stage: str):
+    """One run of a stage at a time (torchrun's other ranks write nothing), after sweeping the
+    temporary files its killed predecessors left."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    from pipeline.locks import stage_lock
+    from pipeline.stage import sweep_stage_temps
+
+    with stage_lock(stage):
+        sweep_stage_temps(stage)
+        yield
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.dvcfile import check_dataset_root
 from psta.data.videos import VideoIngestConfig
 from psta.engine.trainer import TrainConfig
 
@@ -31,9 +32,9 @@ class ParamsError(ValueError):
 class DataParams:
     source: Literal["synthetic", "mars", "duke", "videos"] = "synthetic"
     # the dataset folder itself (holding bbox_train/ and info/ for MARS, train/ query/ gallery/
-    # for Duke, <camera>.mp4 + <camera>.txt for videos); for synthetic, where the generated
-    # tree goes (under data/raw/)
-    root: str = "data/raw/MARS"
+    # for Duke, <camera>.mp4 + <camera>.txt for videos), read in place; never inside an output
+    # of dvc.yaml (pipeline.dvcfile); unused by synthetic (generated into data/generated/)
+    root: str = "datasets/MARS"
     on_bad_frame: Literal["error", "skip"] = "error"
 
 
@@ -251,4 +252,6 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, source=str(path))
+    params = parse_params(raw, source=str(path))
+    check_dataset_root(params.data.source, params.data.root, params_file=str(path))
+    return params

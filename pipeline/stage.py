@@ -11,7 +11,7 @@ from typing import Any, Iterator
 from prefect import task
 from prefect.cache_policies import NONE
 
-from pipeline import tracking
+from pipeline import paths, tracking
 from pipeline.params import Params
 
 
@@ -50,6 +50,19 @@ def log_files(*paths: str | Path, artifact_path: str | None = None) -> None:
 
     for path in paths:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def sweep_stage_temps(stage: str) -> None:
+    """Remove what killed runs of this stage left half-written beside (or inside) its outputs."""
+    import sys
+
+    from pipeline.dvcfile import stage_outs
+    from psta.atomic import sweep_stale
+
+    for out in stage_outs(stage) or [p for p, s in paths.STAGE_OUTPUTS.items() if s == stage]:
+        for removed, size in sweep_stale(out):
+            print(f"note: removed {removed} ({size / 1e6:.1f} MB), left by a killed {stage} stage",
+                  file=sys.stderr)
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

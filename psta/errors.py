@@ -11,4 +11,8 @@ class DatasetError(ValueError):
     """A raw dataset, manifest or index on disk is missing, malformed or inconsistent."""
 
 
-__all__ = ["DatasetError"]
+class IntegrityError(ValueError):
+    """A file the pipeline wrote is damaged: empty, truncated, or its bytes fail their checksum."""
+
+
+__all__ = ["DatasetError", "IntegrityError"]

@@ -131,7 +131,7 @@ def test_fresh_clone_reproduces_then_is_up_to_date_and_round_trips_through_the_r
         "reports/train_history.csv", "reports/report.html", "reports/report.md", "dvc.lock",
     ]
     assert [name for name in outputs if not (p / name).is_file()] == []
-    assert any((p / "data/cache").iterdir()) and any((p / "data/raw").rglob("*.jpg"))
+    assert any((p / "data/cache").iterdir()) and any((p / "data/generated").rglob("*.jpg"))
 
     metrics = json.loads((p / "reports/metrics.json").read_text())
     shown = json.loads(project.run("dvc", "metrics", "show", "--json").stdout)

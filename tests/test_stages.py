@@ -80,7 +80,7 @@ def test_users_mars_copy_with_a_bad_frame_error_then_skip(workspace):
     assert stats["skipped_bad_frames"] == 1
     index = read_index(workspace.path / "data/index")
     assert not index.frames.path.str.endswith(bad.name).any()
-    source = json.loads((workspace.path / "data/raw/SOURCE.json").read_text())
+    source = json.loads((workspace.path / "data/generated/SOURCE.json").read_text())
     assert source["root"] == str(root)
 
 
@@ -97,7 +97,7 @@ def test_videos_source_runs_ingest_and_index_unchanged(workspace):
     for split in ("train", "query", "gallery"):
         assert (index.tracklets.split == split).sum() == built[split]["tracklets"]
     assert ingest_stats["layout"] == "mars" and ingest_stats["bad_frames"] == 0
-    assert (workspace.path / "data/raw/MARS/info/query_IDX.mat").exists()
+    assert (workspace.path / "data/generated/MARS/info/query_IDX.mat").exists()
 
 
 def test_train_stage_under_torchrun_ddp(workspace):

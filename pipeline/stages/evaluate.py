@@ -48,7 +48,9 @@ def evaluate(params_path: str = "params.yaml") -> dict:
     from psta.data.cache import FrameCache
     from psta.evaluation.outputs import write_eval_outputs, write_metrics
     from psta.index import read_index
+    from psta.integrity import check_digest
     from psta.model import build_model, load_checkpoint
+    from psta.model.checkpoints import MODEL_FIX
 
     params = load_params(params_path)
     with stage_run("evaluate", params, ("evaluate",)):  # + model.seq_len/pretrained, train.seed (dvc.yaml)
@@ -59,6 +61,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         test = index.tracklets[index.tracklets["split"] != "train"].reset_index(drop=True)
         cache = FrameCache(paths.CACHE)
         cache.check_tracklets(index.tracklets)
+        check_digest(paths.MODELS / "model.pt", required=True, fix=MODEL_FIX)
         model, checkpoint = load_checkpoint(paths.MODELS / "model.pt")
         features = embed(params, model, test, cache, sampling)
         results = score(params, features, test, protocols)

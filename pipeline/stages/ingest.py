@@ -1,40 +1,46 @@
 """ingest: bring the raw dataset into reach and write a validated frame manifest.
 
-synthetic -> generate the tree (MARS or Duke layout) under data/raw/;
-videos -> cut the user's camera videos + box files into a MARS tree under data/raw/MARS;
-mars / duke -> read the user's copy in place at data.root.
+synthetic -> generate the tree (MARS or Duke layout) under data/generated/;
+videos -> cut the user's camera videos + box files into a MARS tree under data/generated/MARS;
+mars / duke -> read the user's copy in place at data.root (never written, moved or copied).
 Either way every frame file is checked, and the manifest lists one row per frame.
+data/generated is `persist: true` in dvc.yaml: DVC never deletes it, and params validation
+refuses a data.root inside it (or any other output) before this stage writes anything.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from prefect import flow
 
 from pipeline import paths
-from pipeline.params import Params, ParamsError, load_params
+from pipeline.params import Params, load_params
 from pipeline.stage import log_files, log_numbers, stage_run, stage_task
-from psta.atomic import atomic_dir
+from psta.atomic import atomic_dir, atomic_path
 
 
-VIDEO_TRACKLETS = paths.RAW / "MARS"
+SOURCE_NOTE = "SOURCE.json"  # for mars / duke: where the dataset read in place is
+# the generated trees' folder names, as the datasets' own releases call them
+GENERATED_NAMES = {"mars": "MARS", "duke": "DukeMTMC-VideoReID"}
 
 
 def dataset_root(params: Params) -> Path:
     """Where the MARS/Duke tree the readers see lives."""
-    root = Path(params.data.root)
-    if params.data.source == "videos":
-        return VIDEO_TRACKLETS
     if params.data.source == "synthetic":
-        try:
-            root.resolve().relative_to(paths.RAW.resolve())
-        except ValueError:
-            raise ParamsError(
-                f"params.yaml: data.root={params.data.root!r} must lie under {paths.RAW}/ when "
-                "data.source is synthetic (the generated tree is a DVC output there)"
-            ) from None
-    return root
+        return paths.GENERATED / GENERATED_NAMES[params.synthetic.layout]
+    if params.data.source == "videos":
+        return paths.GENERATED / GENERATED_NAMES["mars"]
+    return Path(params.data.root)
+
+
+def drop_other_generated(keep: Path | None) -> None:
+    """Remove the trees this stage generated earlier under another name (never anything else)."""
+    for name in (*GENERATED_NAMES.values(), SOURCE_NOTE):
+        old = paths.GENERATED / name
+        if old != keep and (old.is_dir() or old.is_file()):
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def layout_of(params: Params) -> str:
@@ -100,9 +106,12 @@ def ingest(params_path: str = "params.yaml") -> dict:
             (out / paths.DATASET_INFO.name).write_text(json.dumps(info, indent=2) + "\n")
             (out / paths.INGEST_STATS.name).write_text(json.dumps(stats, indent=2) + "\n")
         if params.data.source in ("mars", "duke"):
-            # data/raw is a declared out; for a user's own copy it only records where the data is
-            with atomic_dir(paths.RAW) as out:
-                (out / "SOURCE.json").write_text(json.dumps(info, indent=2) + "\n")
+            # the user's copy is read in place; the output only notes where it is
+            drop_other_generated(None)
+            with atomic_path(paths.GENERATED / SOURCE_NOTE) as tmp:
+                tmp.write_text(json.dumps(info, indent=2) + "\n")
+        else:
+            drop_other_generated(root)
         log_numbers({k: stats[k] for k in ("tracklets", "frames", "junk_tracklets", "bad_frames")})
         log_files(paths.INGEST_STATS, paths.DATASET_INFO)
         return stats

@@ -14,6 +14,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from psta.errors import IntegrityError
+from psta.integrity import check_digest
+
 CHECKPOINT_FORMAT = "psta-reid/model-v1"
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
@@ -77,11 +80,25 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint", strip_prefix: str = 
     return out
 
 
-def _torch_load(path: Path, map_location, allow_pickle: bool):
+# how to get a good model.pt back, for the messages about a damaged one
+MODEL_FIX = ("re-create it with the train stage (`dvc repro train` or `python -m pipeline train`), "
+             "or restore the tracked copy with `dvc checkout data/models` / `dvc pull`")
+
+
+def _torch_load(path: Path, map_location, allow_pickle: bool, fix: str = MODEL_FIX):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: '{path}'")
+    check_digest(path, fix=fix)  # when a .sha256 is beside it (ours always are)
+    if path.stat().st_size == 0:
+        raise IntegrityError(f"{path} is empty (0 bytes): not a checkpoint; {fix}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except (EOFError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "PytorchStreamReader" not in str(exc):
+            raise
+        detail = str(exc).split(". ")[0] or type(exc).__name__
+        raise IntegrityError(f"{path} is truncated or not a torch checkpoint ({detail}); "
+                             f"{fix}") from None
     except pickle.UnpicklingError as exc:
         if not allow_pickle:
             raise ValueError(
@@ -110,7 +127,7 @@ def load_released_psta(
     from .psta import build_model
 
     path = Path(path)
-    state = unwrap_state_dict(_torch_load(path, map_location, allow_pickle), source=str(path))
+    state = unwrap_state_dict(_torch_load(path, map_location, allow_pickle, fix="download the authors' checkpoint again"), source=str(path))
     if num_classes is None:
         w = state.get("classifier.0.weight")
         if not isinstance(w, torch.Tensor) or w.ndim != 2:

@@ -1,0 +1,234 @@
+"""Faults as users meet them, with real processes: a dataset where DVC would delete it, a code
+change after a finished training, damaged model and cache files, SIGKILLed stages, two
+trainings at once, a tracking server that dies mid-training.
+
+One tiny pipeline execution (the module-scoped ``project``: a fresh clone whose MARS copy sits
+at the old default data.root, data/raw/MARS, reproduced by plain `dvc repro`) serves every
+test; tests that change things work on a copy of it.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.servers import mlflow_server, stop_group
+from tests.conftest import TINY_PARAMS
+from tests.test_orchestration import Project, copy_project, make_project, run, sha256, tool_env
+
+pytestmark = pytest.mark.slow
+
+OLD_DEFAULT_ROOT = "data/raw/MARS"
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def set_params(path: Path, **sections) -> None:
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    for name, values in sections.items():
+        params[name] = {**params[name], **values}
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write new bytes without touching the inode (copies share data/ files as hard links)."""
+    path.unlink()
+    path.write_bytes(data)
+
+
+def flip_byte(path: Path, where: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * where)] ^= 0x01
+    replace_file(path, bytes(data))
+
+
+def pipeline(proj: Project, *args: str, check: bool = True, timeout: float = 600):
+    return proj.run(sys.executable, "-m", "pipeline", *args, check=check, timeout=timeout)
+
+
+def start(proj: Project, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=proj.path, env=proj.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300, poll: float = 0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.returncode}) first:\n{proc.stderr.read()[-3000:]}")
+        time.sleep(poll)
+    raise AssertionError("timed out")
+
+
+def kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def mlflow_runs(path: Path, stage: str):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("psta")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], f"tags.stage = '{stage}'")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_api) -> Project:
+    from psta.data.synthetic import SyntheticConfig, generate_mars
+
+    path = tmp_path_factory.mktemp("reliability") / "project"
+    make_project(path)
+    generate_mars(path / OLD_DEFAULT_ROOT, SyntheticConfig(**TINY_PARAMS["synthetic"]))
+    set_params(path, data={"source": "mars", "root": OLD_DEFAULT_ROOT})
+    env = tool_env(PREFECT_API_URL=prefect_api, MLFLOW_TRACKING_URI=f"sqlite:///{path / 'mlflow.db'}")
+    proj = Project(path, env)
+    proj.before = tree_digest(path / OLD_DEFAULT_ROOT)
+    proj.repro = proj.run("dvc", "repro", timeout=900)  # plain DVC, no `python -m pipeline repro`
+    return proj
+
+
+def test_plain_dvc_repro_keeps_a_dataset_at_the_old_default_place(project):
+    p = project.path
+    assert tree_digest(p / OLD_DEFAULT_ROOT) == project.before  # every frame and info file intact
+    assert (p / "data/models/model.pt").is_file() and (p / "reports/metrics.json").is_file()
+    assert json.loads((p / "data/generated/SOURCE.json").read_text())["root"] == OLD_DEFAULT_ROOT
+    assert json.loads((p / "data/ingest/dataset.json").read_text())["root"] == OLD_DEFAULT_ROOT
+    # read in place, never copied into an output
+    assert not list((p / "data").glob("*/bbox_train")) and not list((p / "data/generated").rglob("*.jpg"))
+    again = project.run("dvc", "repro")
+    assert "Data and pipelines are up to date" in again.stdout
+    assert tree_digest(p / OLD_DEFAULT_ROOT) == project.before
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=p, capture_output=True, text=True).stdout
+    assert "data/" not in status, status
+
+
+def test_a_dataset_inside_an_output_is_refused_before_anything_is_deleted(project, tmp_path):
+    copy = tmp_path / "project"
+    copy_project(project.path, copy)
+    proj = Project(copy, project.env)
+    inside = copy / "data/generated/MARS"
+    import shutil
+
+    shutil.copytree(copy / OLD_DEFAULT_ROOT, inside)
+    set_params(copy, data={"root": "data/generated/MARS"})
+    before = tree_digest(inside)
+
+    refused = pipeline(proj, "repro", check=False)
+    assert refused.returncode == 2
+    (message,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert "data.root 'data/generated/MARS' lies inside data/generated, an output of the ingest stage" in message
+    assert "set data.root: datasets/MARS" in message
+    assert "Running stage" not in refused.stdout  # refused before DVC ran
+    assert tree_digest(inside) == before
+
+    # plain `dvc repro`: DVC keeps the persisted output, the stage refuses before writing
+    plain = proj.run("dvc", "repro", check=False)
+    assert plain.returncode != 0 and "lies inside data/generated" in plain.stderr
+    assert tree_digest(inside) == before
+
+
+def test_a_code_change_retrains_from_scratch_and_publishes_new_weights(project, tmp_path):
+    copy = tmp_path / "project"
+    copy_project(project.path, copy)
+    proj = Project(copy, project.env)
+    old_model = sha256(copy / "data/models/model.pt")
+    (old_key,) = [d.name for d in (copy / "data/train").iterdir() if d.is_dir()]
+    with open(copy / "psta/losses.py", "a") as f:  # a real change: the total loss counts 3x
+        f.write("\n\n_forward = PSTALoss.forward\n\n\ndef _tripled(self, *args, **kwargs):\n"
+                "    total, parts = _forward(self, *args, **kwargs)\n    return 3.0 * total, parts\n\n\n"
+                "PSTALoss.forward = _tripled\n")
+    out = proj.run("dvc", "repro")
+    assert "Running stage 'train'" in out.stdout
+    (new_key,) = [d.name for d in (copy / "data/train").iterdir() if d.is_dir()]
+    assert new_key != old_key
+    assert sha256(copy / "data/models/model.pt") != old_model
+    latest = max(mlflow_runs(copy, "train"), key=lambda r: r.info.start_time)
+    assert latest.data.metrics.get("loss_total") is not None  # epochs ran: not "resumed" past the end
+    lock = yaml.safe_load((copy / "dvc.lock").read_text())
+    (model_out,) = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "data/models"]
+    assert model_out["md5"]
+
+    # the same inputs again (forced): a finished run is trained again, never resumed past its end
+    again = pipeline(proj, "train")
+    assert "resuming from" not in again.stderr
+    latest = max(mlflow_runs(copy, "train"), key=lambda r: r.info.start_time)
+    client_history = __import__("mlflow").MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    assert [m.step for m in client_history.get_metric_history(latest.info.run_id, "loss_total")] == [0]
+
+
+def test_damaged_model_or_cache_is_refused_by_evaluate_and_nothing_is_registered(project, tmp_path):
+    import mlflow
+
+    copy = tmp_path / "project"
+    copy_project(project.path, copy)
+    proj = Project(copy, project.env)
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    versions = len(client.search_model_versions("name = 'psta-mars'"))
+
+    flip_byte(copy / "data/models/model.pt")
+    proc = pipeline(proj, "evaluate", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: data/models/model.pt is damaged: its sha256 differs from model.pt.sha256; re-create it "
+        "with the train stage (`dvc repro train` or `python -m pipeline train`), or restore the tracked "
+        "copy with `dvc checkout data/models` / `dvc pull`")
+
+    proj.run("dvc", "checkout", "--force", "data/models")
+    replace_file(copy / "data/models/model.pt", b"")
+    (copy / "data/models/model.pt.sha256").unlink()
+    proc = pipeline(proj, "evaluate", check=False)
+    assert proc.returncode == 2 and "model.pt has no checksum file" in proc.stderr.splitlines()[-1]
+
+    proj.run("dvc", "checkout", "--force", "data/models")
+    header = json.loads((copy / "data/cache/header.json").read_text())
+    flip_byte(copy / "data/cache" / header["shards"][0]["file"], 0.3)
+    proc = pipeline(proj, "evaluate", check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: frame cache file data/cache/{header['shards'][0]['file']} is damaged")
+    assert "rebuild it with the cache stage" in last
+    assert len(client.search_model_versions("name = 'psta-mars'")) == versions
+
+
+def test_killed_writers_leave_temporaries_the_next_run_sweeps_and_one_training_at_a_time(project, tmp_path):
+    copy = tmp_path / "project"
+    copy_project(project.path, copy)
+    proj = Project(copy, project.env)
+    set_params(copy, train={"epochs": 6, "max_steps_per_epoch": 3})
+
+    first = start(proj, "train")
+    lock = copy / ".dvc/tmp/stage-train.lock"
+    wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid), first)
+    second = pipeline(proj, "train", check=False)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        f"error: another `python -m pipeline train` is running in this project (pid {first.pid}); "
+        "this one is refused and changed nothing")
+
+    temp = wait_for(lambda: list((copy / "data/train").glob("*/.checkpoint.pt.*.tmp")), first)
+    kill(first)
+    assert all(t.exists() for t in temp)  # the kill left a half-written checkpoint
+    done = pipeline(proj, "train")
+    assert not any(t.exists() for t in temp)
+    assert f"note: removed {temp[0].relative_to(copy)}" in done.stderr
+
+    build = start(proj, "cache")
+    temp = wait_for(lambda: list((copy / "data").glob(".cache.*.tmp")), build)
+    kill(build)
+    assert all(t.exists() for t in temp)
+    swept = pipeline(proj, "cache")
+    assert not list((copy / "data").glob(".cache.*")), swept.stderr
