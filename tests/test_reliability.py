@@ -76,6 +76,13 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def copy_of(project: Project, tmp_path: Path) -> Project:
+    """A copy of the project with its own MLflow store."""
+    copy = tmp_path / "project"
+    copy_project(project.path, copy)
+    return Project(copy, {**project.env, "MLFLOW_TRACKING_URI": f"sqlite:///{copy / 'mlflow.db'}"})
+
+
 def mlflow_runs(path: Path, stage: str):
     import mlflow
 
@@ -117,9 +124,8 @@ def test_plain_dvc_repro_keeps_a_dataset_at_the_old_default_place(project):
 
 
 def test_a_dataset_inside_an_output_is_refused_before_anything_is_deleted(project, tmp_path):
-    copy = tmp_path / "project"
-    copy_project(project.path, copy)
-    proj = Project(copy, project.env)
+    proj = copy_of(project, tmp_path)
+    copy = proj.path
     inside = copy / "data/generated/MARS"
     import shutil
 
@@ -142,9 +148,8 @@ def test_a_dataset_inside_an_output_is_refused_before_anything_is_deleted(projec
 
 
 def test_a_code_change_retrains_from_scratch_and_publishes_new_weights(project, tmp_path):
-    copy = tmp_path / "project"
-    copy_project(project.path, copy)
-    proj = Project(copy, project.env)
+    proj = copy_of(project, tmp_path)
+    copy = proj.path
     old_model = sha256(copy / "data/models/model.pt")
     (old_key,) = [d.name for d in (copy / "data/train").iterdir() if d.is_dir()]
     with open(copy / "psta/losses.py", "a") as f:  # a real change: the total loss counts 3x
@@ -166,16 +171,17 @@ def test_a_code_change_retrains_from_scratch_and_publishes_new_weights(project, 
     again = pipeline(proj, "train")
     assert "resuming from" not in again.stderr
     latest = max(mlflow_runs(copy, "train"), key=lambda r: r.info.start_time)
-    client_history = __import__("mlflow").MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
-    assert [m.step for m in client_history.get_metric_history(latest.info.run_id, "loss_total")] == [0]
+    import mlflow
+
+    history = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}").get_metric_history(latest.info.run_id, "loss_total")
+    assert [m.step for m in history] == [0]
 
 
 def test_damaged_model_or_cache_is_refused_by_evaluate_and_nothing_is_registered(project, tmp_path):
     import mlflow
 
-    copy = tmp_path / "project"
-    copy_project(project.path, copy)
-    proj = Project(copy, project.env)
+    proj = copy_of(project, tmp_path)
+    copy = proj.path
     client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
     versions = len(client.search_model_versions("name = 'psta-mars'"))
 
@@ -194,20 +200,26 @@ def test_damaged_model_or_cache_is_refused_by_evaluate_and_nothing_is_registered
     assert proc.returncode == 2 and "model.pt has no checksum file" in proc.stderr.splitlines()[-1]
 
     proj.run("dvc", "checkout", "--force", "data/models")
+    from psta.index import read_index
+
     header = json.loads((copy / "data/cache/header.json").read_text())
-    flip_byte(copy / "data/cache" / header["shards"][0]["file"], 0.3)
+    assert header["format"] == "raw"
+    query = read_index(copy / "data/index").tracklets.query("split == 'query'").iloc[0]
+    row = int(query.frame_offset)  # a frame evaluate reads
+    shard = header["shards"][row // header["frames_per_shard"]]["file"]
+    where = (row % header["frames_per_shard"] + 0.5) * header["frame_bytes"]
+    flip_byte(copy / "data/cache" / shard, where / (copy / "data/cache" / shard).stat().st_size)
     proc = pipeline(proj, "evaluate", check=False)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: frame cache file data/cache/{header['shards'][0]['file']} is damaged")
+    assert last.startswith(f"error: frame cache file data/cache/{shard} is damaged: frame row {row} fails")
     assert "rebuild it with the cache stage" in last
     assert len(client.search_model_versions("name = 'psta-mars'")) == versions
 
 
 def test_killed_writers_leave_temporaries_the_next_run_sweeps_and_one_training_at_a_time(project, tmp_path):
-    copy = tmp_path / "project"
-    copy_project(project.path, copy)
-    proj = Project(copy, project.env)
+    proj = copy_of(project, tmp_path)
+    copy = proj.path
     set_params(copy, train={"epochs": 6, "max_steps_per_epoch": 3})
 
     first = start(proj, "train")
