@@ -17,8 +17,6 @@ import yaml
 from pipeline import paths
 
 DVC_YAML = Path("dvc.yaml")
-# params.yaml data.source values that read the user's own files at data.root
-USER_DATA_SOURCES = ("mars", "duke", "videos")
 FRAME_CACHE_HEADER = "header.json"  # psta.data.cache.HEADER_FILE (not imported: torch is slow)
 
 
@@ -62,8 +60,8 @@ def _inside(a: Path, b: Path) -> bool:
 def check_dataset_root(source: str, root: str, params_file: str = "params.yaml",
                        dvc_yaml: Path = DVC_YAML) -> None:
     """Refuse a `data.root` inside (or holding) a pipeline output, before anything runs."""
-    if source not in USER_DATA_SOURCES:
-        return  # synthetic: the tree is generated into data/generated, data.root is not read
+    if source == "synthetic":
+        return  # the tree is generated into data/generated; data.root is not read
     base = dvc_yaml.resolve().parent
     # both the path as written and with symlinks resolved: a dataset reached either way counts
     roots = {Path(os.path.abspath(root)), Path(root).resolve()}

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.dvcfile import check_dataset_root
+from psta.data.registry import dataset_names, synthetic_layouts
 from psta.data.videos import VideoIngestConfig
 from psta.engine.trainer import TrainConfig
 
@@ -30,7 +31,8 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class DataParams:
-    source: Literal["synthetic", "mars", "duke", "videos"] = "synthetic"
+    # synthetic | a registered dataset (psta.data.registry: mars, duke, ...) | videos
+    source: Literal[("synthetic", *dataset_names(), "videos")] = "synthetic"
     # the dataset folder itself (holding bbox_train/ and info/ for MARS, train/ query/ gallery/
     # for Duke, <camera>.mp4 + <camera>.txt for videos), read in place; never inside an output
     # of dvc.yaml (pipeline.dvcfile); unused by synthetic (generated into data/generated/)
@@ -42,7 +44,7 @@ class DataParams:
 class SyntheticParams:
     """psta.data.synthetic.SyntheticConfig, plus which layout to write."""
 
-    layout: Literal["mars", "duke"] = "mars"
+    layout: Literal[synthetic_layouts()] = "mars"  # a registered dataset with a synthetic writer
     seed: int = 0
     num_train_ids: int = 48
     num_test_ids: int = 48

@@ -62,3 +62,28 @@ def test_paper_configs_are_complete_and_hold_the_recipe(name):
     assert (params.model.height, params.model.width, params.model.seq_len) == (256, 128, 8)
     assert params.train.epochs == 500 and params.train.milestones == (70, 140, 210, 310, 410)
     assert params.train.batch_size == 32 and params.train.num_instances == 4
+
+
+@pytest.mark.parametrize("root, how, out", [
+    ("data/generated/MARS", "lies inside", "data/generated"),
+    ("data/cache/MARS", "lies inside", "data/cache"),
+    ("data", "contains", "data/"),
+    (".", "contains", ""),
+])
+def test_a_dataset_root_inside_or_holding_an_output_is_refused(tmp_path, root, how, out):
+    """DVC deletes stage outputs before it runs a stage: a dataset there would be lost."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"data": {"source": "mars", "root": root}}))
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert f"data.root {root!r} {how} {out}" in message
+    assert "set data.root: datasets/" in message and "\n" not in message
+
+
+def test_dataset_roots_outside_every_output_are_accepted(tmp_path):
+    for source, root in (("mars", "datasets/MARS"), ("mars", "data/raw/MARS"), ("duke", str(tmp_path)),
+                         ("synthetic", "data/generated/mars")):  # synthetic does not read data.root
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump({"data": {"source": source, "root": root}}))
+        assert load_params(path).data.root == root

@@ -16,7 +16,8 @@ import scipy.io
 
 from psta.data import read_duke, read_mars
 from psta.data.frame_check import check_frames, check_jpeg_bytes
-from psta.data.synthetic import SyntheticConfig, generate_duke, generate_mars, savemat_deterministic
+from psta.data.mars_layout import savemat_deterministic
+from psta.data.synthetic import SyntheticConfig, generate_duke, generate_mars
 from psta.errors import DatasetError
 from psta.index import build_index, index_from_manifest, ingest, read_index
 

@@ -24,7 +24,7 @@ from psta.data.synthetic import SyntheticConfig, generate_mars
 from psta.evaluation import evaluate_protocol
 from psta.evaluation.outputs import write_eval_outputs, write_metrics
 from psta.index import index_from_manifest, ingest
-from psta.report import (MATCH_COLOR, MISS_COLOR, PAPER_RESULTS, QUERY_COLOR, ReportInputError,
+from psta.report import (MATCH_COLOR, MISS_COLOR, QUERY_COLOR, ReportInputError, paper_table,
                          build_report, strip_layout)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -342,7 +342,7 @@ def test_other_paper_table_and_duke_protocol(inputs, tmp_path):
     results["untrained"] = {"duke": results["untrained"]["mars_official"]}
     (ev / "results.json").write_text(json.dumps(results))
     out = build_report(ev, None, None, None, None, tmp_path / "report.html", tmp_path / "report.md",
-                       paper={**PAPER_RESULTS, "duke": {**PAPER_RESULTS["duke"], "rank1": 12.3}})
+                       paper={**paper_table(), "duke": {**paper_table()["duke"], "rank1": 12.3}})
     parsed = parse_html(Path(out["html"]).read_text(encoding="utf-8"))
     rows = parsed.tables["results-table"][1:]
     assert rows[0][:3] == ["PSTA paper (ImageNet ResNet-50)", "DukeMTMC-VideoReID", "duke"]
@@ -429,3 +429,15 @@ def test_synthetic_source_is_labelled_and_not_compared_with_the_paper(report, in
     assert rows[0][:2] == ["PSTA paper (ImageNet ResNet-50)", "MARS"]
     assert {r[1] for r in rows if r[0].startswith("Ours")} == {"synthetic, MARS layout"}
     assert "shown for reference, not for comparison" in text
+
+
+def test_html_escapes_text_and_markdown_keeps_it(inputs, tmp_path):
+    """Autoescaping: text that looks like markup is shown as text in the HTML, as is in Markdown."""
+    note = 'picked by <script>alert("x")</script> & the "last" epoch'
+    out = build_report(inputs["eval"], None, None, None, None, tmp_path / "report.html",
+                       tmp_path / "report.md", selection=note)
+    html_text = Path(out["html"]).read_text(encoding="utf-8")
+    assert "<script>" not in html_text
+    assert "picked by &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; the &#34;last&#34; epoch" in html_text
+    assert not [a for t, a in parse_html(html_text).tags if t == "script"]
+    assert note in Path(out["md"]).read_text(encoding="utf-8")

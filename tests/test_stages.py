@@ -97,7 +97,7 @@ def test_videos_source_runs_ingest_and_index_unchanged(workspace):
     for split in ("train", "query", "gallery"):
         assert (index.tracklets.split == split).sum() == built[split]["tracklets"]
     assert ingest_stats["layout"] == "mars" and ingest_stats["bad_frames"] == 0
-    assert (workspace.path / "data/generated/MARS/info/query_IDX.mat").exists()
+    assert (workspace.path / "data/generated/mars/info/query_IDX.mat").exists()
 
 
 def test_train_stage_under_torchrun_ddp(workspace):

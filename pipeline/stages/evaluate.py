@@ -10,15 +10,16 @@ from pipeline import paths
 from pipeline.params import Params, load_params
 from pipeline.registry import register_model
 from pipeline.stage import log_files, log_numbers, stage_run, stage_task
+from psta.data.registry import get_dataset
 
-PROTOCOLS = {"mars": ("mars_official", "mars_torchreid"), "duke": ("duke",)}
-TEST_SAMPLING = {"mars": "begin", "duke": "dense"}
 METRICS_JSON = paths.REPORTS / "metrics.json"
 CMC_CSV = paths.REPORTS / "cmc.csv"
 
 
 def sampling_for(params: Params, dataset: str) -> str:
-    return TEST_SAMPLING[dataset] if params.evaluate.sampling == "auto" else params.evaluate.sampling
+    """evaluate.sampling, where ``auto`` is the paper's test sampling for the dataset."""
+    sampling = params.evaluate.sampling
+    return get_dataset(dataset).test_sampling if sampling == "auto" else sampling
 
 
 @stage_task
@@ -56,7 +57,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
     with stage_run("evaluate", params, ("evaluate",)):  # + model.seq_len/pretrained, train.seed (dvc.yaml)
         index = read_index(paths.INDEX)
         dataset = index.stats["dataset"]
-        protocols = PROTOCOLS[dataset]
+        protocols = get_dataset(dataset).protocol_names
         sampling = sampling_for(params, dataset)
         test = index.tracklets[index.tracklets["split"] != "train"].reset_index(drop=True)
         cache = FrameCache(paths.CACHE)

@@ -1,8 +1,9 @@
 """ingest: bring the raw dataset into reach and write a validated frame manifest.
 
-synthetic -> generate the tree (MARS or Duke layout) under data/generated/;
-videos -> cut the user's camera videos + box files into a MARS tree under data/generated/MARS;
-mars / duke -> read the user's copy in place at data.root (never written, moved or copied).
+synthetic -> generate the tree (a registered dataset's layout, synthetic.layout) under
+data/generated/<layout>; videos -> cut the user's camera videos + box files into a MARS tree
+under data/generated/mars; a registered dataset (mars, duke, ...: psta.data.registry) -> read
+the user's copy in place at data.root (never written, moved or copied).
 Either way every frame file is checked, and the manifest lists one row per frame.
 data/generated is `persist: true` in dvc.yaml: DVC never deletes it, and params validation
 refuses a data.root inside it (or any other output) before this stage writes anything.
@@ -19,39 +20,37 @@ from pipeline import paths
 from pipeline.params import Params, load_params
 from pipeline.stage import log_files, log_numbers, stage_run, stage_task
 from psta.atomic import atomic_dir, atomic_path
+from psta.data.registry import DatasetSpec, dataset_names, get_dataset
 
-
-SOURCE_NOTE = "SOURCE.json"  # for mars / duke: where the dataset read in place is
-# the generated trees' folder names, as the datasets' own releases call them
-GENERATED_NAMES = {"mars": "MARS", "duke": "DukeMTMC-VideoReID"}
+SOURCE_NOTE = "SOURCE.json"  # for a user's dataset: where the copy read in place is
 
 
 def dataset_root(params: Params) -> Path:
     """Where the MARS/Duke tree the readers see lives."""
     if params.data.source == "synthetic":
-        return paths.GENERATED / GENERATED_NAMES[params.synthetic.layout]
+        return paths.GENERATED / params.synthetic.layout
     if params.data.source == "videos":
-        return paths.GENERATED / GENERATED_NAMES["mars"]
+        return paths.GENERATED / "mars"
     return Path(params.data.root)
 
 
 def drop_other_generated(keep: Path | None) -> None:
     """Remove the trees this stage generated earlier under another name (never anything else)."""
-    for name in (*GENERATED_NAMES.values(), SOURCE_NOTE):
+    for name in (*dataset_names(), SOURCE_NOTE):
         old = paths.GENERATED / name
         if old != keep and (old.is_dir() or old.is_file()):
             shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def layout_of(params: Params) -> str:
-    return {"synthetic": params.synthetic.layout, "videos": "mars"}.get(params.data.source, params.data.source)
+def dataset_of(params: Params) -> DatasetSpec:
+    """The registered dataset whose layout the readers see (videos are cut into MARS)."""
+    source = params.data.source
+    return get_dataset({"synthetic": params.synthetic.layout, "videos": "mars"}.get(source, source))
 
 
 @stage_task
-def generate_synthetic(params: Params, root: Path) -> dict:
-    from psta.data import GENERATORS
-
-    return GENERATORS[params.synthetic.layout](root, params.synthetic.config())
+def generate_synthetic(params: Params, spec: DatasetSpec, root: Path) -> dict:
+    return spec.synthetic(root, params.synthetic.config())
 
 
 @stage_task
@@ -62,10 +61,8 @@ def tracklets_from_videos(params: Params, out_root: Path) -> dict:
 
 
 @stage_task
-def read_raw(layout: str, root: Path):
-    from psta.data import read_dataset
-
-    return read_dataset(layout, root)
+def read_raw(spec: DatasetSpec, root: Path):
+    return spec.reader(root)
 
 
 @stage_task
@@ -81,17 +78,18 @@ def ingest(params_path: str = "params.yaml") -> dict:
 
     params = load_params(params_path)
     root = dataset_root(params)
-    layout = layout_of(params)
+    spec = dataset_of(params)
     sections = {"synthetic": ("data", "synthetic"), "videos": ("data", "videos")}.get(params.data.source, ("data",))
     with stage_run("ingest", params, sections):
         planted = None
         if params.data.source == "synthetic":
-            planted = generate_synthetic(params, root)
+            planted = generate_synthetic(params, spec, root)
         elif params.data.source == "videos":
             planted = tracklets_from_videos(params, root)
-        raw = read_raw(layout, root)
+        raw = read_raw(spec, root)
         ok_mask, bad = check_frames(root, raw, params.data.on_bad_frame)
-        info = {"source": params.data.source, "layout": layout, "root": str(root)}
+        info = {"source": params.data.source, "layout": spec.name, "root": str(root),
+                "split": spec.split_scheme}
         stats = {
             **info,
             "tracklets": len(raw.tracklets),
@@ -105,7 +103,7 @@ def ingest(params_path: str = "params.yaml") -> dict:
             write_manifest(raw, ok_mask, out / paths.MANIFEST.name)
             (out / paths.DATASET_INFO.name).write_text(json.dumps(info, indent=2) + "\n")
             (out / paths.INGEST_STATS.name).write_text(json.dumps(stats, indent=2) + "\n")
-        if params.data.source in ("mars", "duke"):
+        if params.data.source in dataset_names():
             # the user's copy is read in place; the output only notes where it is
             drop_other_generated(None)
             with atomic_path(paths.GENERATED / SOURCE_NOTE) as tmp:

@@ -1,8 +1,10 @@
-"""Datasets: readers for MARS and DukeMTMC-VideoReID, frame validation, synthetic data.
+"""Datasets: the registry, readers for MARS and DukeMTMC-VideoReID, frame validation, synthetic data.
 
 Readers return :class:`RawTracklets` (tracklet metadata plus frame paths relative to the
 dataset root, read without opening a JPEG); :func:`psta.index.build_index` turns that into the
 tracklet index. Bad input raises :class:`psta.errors.DatasetError` naming the file and the fix.
+Which datasets exist, and their protocols, test sampling and paper results:
+:mod:`psta.data.registry`.
 """
 from __future__ import annotations
 
@@ -12,36 +14,31 @@ from psta.data.duke import read_duke
 from psta.data.frame_check import check_frames
 from psta.data.mars import read_mars
 from psta.data.raw import SPLITS, RawTracklets
+from psta.data.registry import DATASETS, DatasetSpec, dataset_names, get_dataset, register_dataset
 from psta.data.synthetic import SyntheticConfig, generate_duke, generate_mars, write_mars_metadata
 from psta.errors import DatasetError
 
-#: dataset name -> reader
-READERS = {"mars": read_mars, "duke": read_duke}
-#: dataset name -> synthetic generator writing that dataset's layout
-GENERATORS = {"mars": generate_mars, "duke": generate_duke}
-
 
 def read_dataset(name: str, root: str | os.PathLike) -> RawTracklets:
-    """Read dataset ``name`` (``"mars"`` or ``"duke"``) from ``root``."""
-    try:
-        reader = READERS[name]
-    except KeyError:
-        raise DatasetError(f"unknown dataset {name!r}; data.dataset must be one of {sorted(READERS)}") from None
-    return reader(root)
+    """Read the registered dataset ``name`` (``"mars"``, ``"duke"``, ...) from ``root``."""
+    return get_dataset(name).reader(root)
 
 
 __all__ = [
+    "DATASETS",
     "DatasetError",
-    "GENERATORS",
-    "READERS",
+    "DatasetSpec",
     "RawTracklets",
     "SPLITS",
     "SyntheticConfig",
     "check_frames",
+    "dataset_names",
     "generate_duke",
     "generate_mars",
+    "get_dataset",
     "read_dataset",
     "read_duke",
     "read_mars",
+    "register_dataset",
     "write_mars_metadata",
 ]

@@ -1,20 +1,11 @@
 """Reader for MARS (Zheng et al., ECCV 2016) exactly as published.
 
-::
-
-    MARS/
-      bbox_train/<pid>/<PPPPCcTttttFfff>.jpg
-      bbox_test/<pid>/...                      (pid folders include 0000 and 00-1)
-      info/train_name.txt, info/test_name.txt  one frame file name per line
-      info/tracks_train_info.mat               track_train_info  N x 4 [start, end, pid, camera]
-      info/tracks_test_info.mat                track_test_info   (1-based inclusive line numbers)
-      info/query_IDX.mat                       query_IDX         1-based rows of track_test_info
-
-Only the five ``info/`` files are read; the JPEGs are not touched (see
-:func:`psta.data.frame_check.check_frames`). Everything is vectorised over the 1.19 M names
-on the bytes of the name lists (numpy), never a Python string per frame. Query rows are split ``"query"``, all other test rows
-``"gallery"``; junk rows (pid -1) are kept and flagged ``junk``, pid 0 rows flagged
-``distractor``.
+The layout (folders, ``info/`` files, the ``PPPPCcTttttFfff.jpg`` frame names) is defined in
+:mod:`psta.data.mars_layout`, shared with the writers. Only the five ``info/`` files are read;
+the JPEGs are not touched (see :func:`psta.data.frame_check.check_frames`). Everything is
+vectorised over the 1.19 M names on the bytes of the name lists (numpy), never a Python string
+per frame. Query rows are split ``"query"``, all other test rows ``"gallery"``; junk rows
+(pid -1) are kept and flagged ``junk``, pid 0 rows flagged ``distractor``.
 """
 from __future__ import annotations
 
@@ -25,21 +16,18 @@ import numpy as np
 import pyarrow as pa
 import scipy.io
 
+from psta.data.mars_layout import (
+    INFO_FILES,
+    MAX_CAMERAS,
+    NAME_LEN,
+    SPLIT_FOLDERS,
+    identity_field,
+    valid_frame_names,
+)
 from psta.data.raw import RawTracklets, make_tracklet_frame
 from psta.errors import DatasetError
 
-__all__ = ["read_mars", "MARS_INFO_FILES"]
-
-#: info file -> the variable it must hold (None for the name lists)
-MARS_INFO_FILES = {
-    "train_name.txt": None,
-    "test_name.txt": None,
-    "tracks_train_info.mat": "track_train_info",
-    "tracks_test_info.mat": "track_test_info",
-    "query_IDX.mat": "query_IDX",
-}
-
-NAME_LEN = 19   # PPPPCcTttttFfff.jpg
+__all__ = ["read_mars"]
 
 
 def _fail_missing_root(root: Path, what: str) -> None:
@@ -105,31 +93,6 @@ class NameLines:
         return mat, len_ok
 
 
-def _id_chars(pid: np.ndarray) -> np.ndarray:
-    """The 4-character MARS identity field of each pid (``00-1`` for -1) as (n, 4) uint8."""
-    pid = np.asarray(pid, np.int64)
-    pows = 10 ** np.arange(3, -1, -1, dtype=np.int64)
-    out = ((np.clip(pid, 0, 9999)[:, None] // pows) % 10 + 48).astype(np.uint8)
-    out[pid == -1] = np.frombuffer(b"00-1", np.uint8)
-    out[(pid < -1) | (pid > 9999)] = 0             # cannot match any name
-    return out
-
-
-def _name_format_ok(mat: np.ndarray, len_ok: np.ndarray) -> np.ndarray:
-    """Vectorised ``^(\\d{4}|00-1)C\\dT\\d{4}F\\d{3}\\.jpg$`` over rows of the name matrix."""
-    def digit(col: int) -> np.ndarray:
-        return (mat[:, col] - np.uint8(48)) < 10          # uint8 wraps below '0'
-
-    ident = digit(0) & digit(1) & digit(2) & digit(3)
-    ident |= (mat[:, 0] == 48) & (mat[:, 1] == 48) & (mat[:, 2] == ord("-")) & (mat[:, 3] == ord("1"))
-    ok = len_ok & ident
-    for col, ch in ((4, "C"), (6, "T"), (11, "F"), (15, "."), (16, "j"), (17, "p"), (18, "g")):
-        ok &= mat[:, col] == ord(ch)
-    for col in (5, 7, 8, 9, 10, 12, 13, 14):
-        ok &= digit(col)
-    return ok
-
-
 def read_mat_variable(path: Path, variable: str, rel: str) -> np.ndarray:
     """Load ``variable`` from a .mat file as int64, accepting integer and floating arrays."""
     try:
@@ -193,7 +156,7 @@ def _check_frames_consistent(lines: NameLines, line: np.ndarray, length: np.ndar
     first = np.zeros(len(length), np.int64)
     np.cumsum(length[:-1], out=first[1:])
     row_of = np.repeat(np.arange(len(length)), length)
-    ok = _name_format_ok(mat, len_ok[line])
+    ok = valid_frame_names(mat, len_ok[line])
     if not ok.all():
         i = int(np.flatnonzero(~ok)[0])
         raise DatasetError(
@@ -215,7 +178,7 @@ def _check_frames_consistent(lines: NameLines, line: np.ndarray, length: np.ndar
             f"{rel_names} from the same MARS release")
     # the row's pid / camera must be those its frames are named with
     head = mat[first]
-    agree = (head[:, 0:4] == _id_chars(tracks[:, 2])).all(1) & (head[:, 5].astype(np.int64) - 48 == tracks[:, 3])
+    agree = (head[:, 0:4] == identity_field(tracks[:, 2])).all(1) & (head[:, 5].astype(np.int64) - 48 == tracks[:, 3])
     if not agree.all():
         r = int(np.flatnonzero(~agree)[0])
         raise DatasetError(
@@ -253,21 +216,21 @@ def read_mars(root: str | os.PathLike) -> RawTracklets:
     if not root.is_dir():
         _fail_missing_root(root, "MARS")
     info = root / "info"
-    for fname in MARS_INFO_FILES:
+    for fname in INFO_FILES:
         if not (info / fname).is_file():
             raise DatasetError(
                 f"MARS info file info/{fname} is missing under {root}. MARS/info/ must hold "
-                f"{', '.join(MARS_INFO_FILES)} (from the MARS release / MARS-evaluation code); "
+                f"{', '.join(INFO_FILES)} (from the MARS release / MARS-evaluation code); "
                 f"copy them there")
     parts = []
     test_rows = None
-    for split, folder in (("train", "bbox_train"), ("test", "bbox_test")):
+    for split, folder in SPLIT_FOLDERS.items():
         rel_names, rel_mat = f"info/{split}_name.txt", f"info/tracks_{split}_info.mat"
         names = NameLines(info / f"{split}_name.txt")
         tracks = _tracks(info / f"tracks_{split}_info.mat", f"track_{split}_info", rel_mat, split)
         cam = tracks[:, 3]
-        if ((cam < 1) | (cam > 9)).any():
-            r = int(np.flatnonzero((cam < 1) | (cam > 9))[0])
+        if ((cam < 1) | (cam > MAX_CAMERAS)).any():
+            r = int(np.flatnonzero((cam < 1) | (cam > MAX_CAMERAS))[0])
             raise DatasetError(f"row {r + 1} of {rel_mat} has camera {cam[r]}; MARS cameras are 1..6")
         line, length = _frames_of(tracks, len(names), rel_mat, rel_names)
         mat = _check_frames_consistent(names, line, length, tracks, rel_mat, rel_names)

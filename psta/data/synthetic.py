@@ -24,23 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 from PIL import Image, ImageFilter
 from scipy.ndimage import uniform_filter1d  # camera backgrounds only (once per camera)
 
 from psta.atomic import atomic_dir
+from psta.data.mars_layout import MAX_CAMERAS, track_numbers, tracklet_files, write_mars_info
 
 __all__ = [
     "SyntheticConfig",
     "MarsScale",
+    "Painter",
+    "draw_pids",
+    "identity_tracklets",
     "MARS_PUBLISHED",
     "generate_mars",
     "generate_duke",
     "write_mars_metadata",
-    "savemat_deterministic",
 ]
-
-_MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: psta.data.synthetic"
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,8 +78,10 @@ class SyntheticConfig:
     jpeg_quality: int = 90
     max_pid: int = 1500                     # pids are drawn from 1..max_pid
 
-    def validate(self, dataset: str) -> int:
-        ncam = self.num_cameras or (6 if dataset == "mars" else 8)
+    def validate(self, default_cameras: int, max_cameras: int | None = None) -> int:
+        """Check the config for a layout whose release has ``default_cameras`` cameras and whose
+        names hold at most ``max_cameras``; return the number of cameras to write."""
+        ncam = self.num_cameras or default_cameras
         lo, hi = self.cameras_per_id
         if not (2 <= lo <= hi <= ncam):
             raise ValueError(f"cameras_per_id {self.cameras_per_id} must satisfy 2 <= lo <= hi <= {ncam}")
@@ -87,8 +89,8 @@ class SyntheticConfig:
             raise ValueError(f"bad tracklets_per_camera {self.tracklets_per_camera}")
         if not (1 <= self.min_len <= self.max_len <= 999):
             raise ValueError(f"need 1 <= min_len <= max_len <= 999, got {self.min_len}, {self.max_len}")
-        if dataset == "mars" and ncam > 9:
-            raise ValueError("MARS names hold a single camera digit: num_cameras <= 9")
+        if max_cameras is not None and ncam > max_cameras:
+            raise ValueError(f"the layout's names hold at most {max_cameras} cameras: num_cameras <= {max_cameras}")
         if self.num_train_ids + self.num_test_ids + self.num_distractor_ids > self.max_pid:
             raise ValueError("max_pid too small for the requested identities")
         if self.height < 32 or self.width < 16:
@@ -339,8 +341,13 @@ def _jpeg(frame: np.ndarray, quality: int, blur: int = 0) -> bytes:
     return buf.getvalue()
 
 
-class _Painter:
-    """Renders tracklets with per-seed independent random streams."""
+class Painter:
+    """Renders tracklets with per-seed independent random streams (``stream``: one per layout).
+
+    A writer of a new layout draws identities with :func:`draw_pids` and
+    :func:`identity_tracklets`, then renders jobs ``(appearance key, 0-based camera, frames,
+    serial, junk)`` with :meth:`render_many` and writes the JPEG bytes it yields.
+    """
 
     def __init__(self, cfg: SyntheticConfig, ncam: int, stream: int):
         self.cfg, self.stream = cfg, stream
@@ -360,12 +367,13 @@ class _Painter:
         blur = self.cams[cam]["blur"]
         return [_jpeg(f, self.cfg.jpeg_quality, blur) for f in imgs]
 
-    def render_many(self, jobs: list[tuple], workers: int):
+    def render_many(self, jobs: list[tuple], workers: int | None = None):
         """Yield ``frames(*job)`` for each job, in order, rendered by ``workers`` threads.
 
         numpy and PIL release the GIL in their inner loops; every job has its own random
         stream, so the output does not depend on the number of workers.
         """
+        workers = _workers(workers)
         for job in jobs:                      # appearances first: no dict writes in threads
             self.appearance(job[0])
         if workers <= 1:
@@ -382,94 +390,6 @@ class _Painter:
                 pending[k] = None
 
 
-# --------------------------------------------------------------------------------------------
-# .mat files and MARS names
-# --------------------------------------------------------------------------------------------
-def savemat_deterministic(path: str | os.PathLike, variables: dict) -> None:
-    """``scipy.io.savemat`` with a fixed header text (no creation date): same data, same bytes."""
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, variables, do_compression=False, oned_as="row")
-    data = bytearray(buf.getvalue())
-    data[:116] = _MAT_HEADER.ljust(116, b" ")
-    Path(path).write_bytes(bytes(data))
-
-
-def _digits(values: np.ndarray, width: int) -> np.ndarray:
-    """Zero-padded decimal digits of non-negative ints as an (n, width) uint8 ASCII matrix."""
-    values = np.asarray(values, np.int64)
-    pows = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    return ((values[:, None] // pows[None, :]) % 10 + 48).astype(np.uint8)
-
-
-def _pid_chars(pid: np.ndarray) -> np.ndarray:
-    """MARS identity field: 4 digits, ``00-1`` for junk."""
-    out = _digits(np.maximum(pid, 0), 4)
-    out[pid < 0] = np.frombuffer(b"00-1", np.uint8)
-    return out
-
-
-def _mars_names(pid, cam, tnum, length) -> tuple[np.ndarray, np.ndarray]:
-    """All frame names of the given tracklets, vectorised.
-
-    Returns (lines, starts): ``lines`` an (n_frames, 20) uint8 matrix of
-    ``PPPPCcTttttFfff.jpg\\n``, ``starts`` the 0-based first line of each tracklet.
-    """
-    length = np.asarray(length, np.int64)
-    starts = np.zeros(len(length), np.int64)
-    np.cumsum(length[:-1], out=starts[1:])
-    tr = np.repeat(np.arange(len(length)), length)
-    fnum = np.arange(len(tr), dtype=np.int64) - starts[tr] + 1
-    n = len(tr)
-    lines = np.empty((n, 20), np.uint8)
-    lines[:, 0:4] = _pid_chars(np.asarray(pid))[tr]
-    lines[:, 4] = ord("C")
-    lines[:, 5] = (np.asarray(cam, np.int64)[tr] + 48).astype(np.uint8)
-    lines[:, 6] = ord("T")
-    lines[:, 7:11] = _digits(np.asarray(tnum), 4)[tr]
-    lines[:, 11] = ord("F")
-    lines[:, 12:15] = _digits(fnum, 3)
-    lines[:, 15:19] = np.frombuffer(b".jpg", np.uint8)
-    lines[:, 19] = ord("\n")
-    return lines, starts
-
-
-def _track_numbers(pid: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """1-based running number of each tracklet within its (pid, camera), in array order."""
-    key = np.asarray(pid, np.int64) * 100 + np.asarray(cam, np.int64)
-    order = np.argsort(key, kind="stable")
-    k = key[order]
-    first = np.r_[True, k[1:] != k[:-1]]
-    grp_start = np.maximum.accumulate(np.where(first, np.arange(len(k)), 0))
-    out = np.empty(len(k), np.int64)
-    out[order] = np.arange(len(k)) - grp_start + 1
-    return out
-
-
-def _write_mars_info(root: Path, train: dict, test: dict, query_mask: np.ndarray) -> dict:
-    """Write info/ for tracklets given as dicts of arrays (pid, cam, tnum, length).
-
-    Rows are sorted by name (pid, camera, tracklet number) as in the published files.
-    Returns per-split sorted arrays plus the line matrices.
-    """
-    info = root / "info"
-    info.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, tr in (("train", train), ("test", test)):
-        order = np.lexsort((tr["tnum"], tr["cam"], tr["pid"]))
-        s = {k: np.asarray(v)[order] for k, v in tr.items()}
-        if split == "test":
-            s["query"] = np.asarray(query_mask)[order]
-        lines, starts = _mars_names(s["pid"], s["cam"], s["tnum"], s["length"])
-        (info / f"{split}_name.txt").write_bytes(lines.tobytes())
-        mat = np.stack([starts + 1, starts + s["length"], s["pid"], s["cam"]], axis=1).astype(np.float64)
-        savemat_deterministic(info / f"tracks_{split}_info.mat", {f"track_{split}_info": mat})
-        s["lines"], s["starts"] = lines, starts
-        out[split] = s
-    qidx = np.flatnonzero(out["test"]["query"]) + 1
-    savemat_deterministic(info / "query_IDX.mat", {"query_IDX": qidx.astype(np.float64)[None, :]})
-    return out
-
-
 def _counts(pid: np.ndarray, length: np.ndarray) -> dict:
     pid = np.asarray(pid)
     return {"tracklets": int(len(pid)), "identities": int(len(np.unique(pid[pid > 0]))),
@@ -477,9 +397,10 @@ def _counts(pid: np.ndarray, length: np.ndarray) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# MARS
+# identities (any layout)
 # --------------------------------------------------------------------------------------------
-def _draw_pids(rng: np.random.Generator, cfg: SyntheticConfig, n_extra: int = 0):
+def draw_pids(rng: np.random.Generator, cfg: SyntheticConfig, n_extra: int = 0):
+    """Distinct pids from 1..max_pid: sorted train, test and ``n_extra`` more (e.g. distractors)."""
     pool = rng.choice(np.arange(1, cfg.max_pid + 1), cfg.num_train_ids + cfg.num_test_ids + n_extra, replace=False)
     train = np.sort(pool[:cfg.num_train_ids])
     test = np.sort(pool[cfg.num_train_ids:cfg.num_train_ids + cfg.num_test_ids])
@@ -487,7 +408,7 @@ def _draw_pids(rng: np.random.Generator, cfg: SyntheticConfig, n_extra: int = 0)
     return train, test, extra
 
 
-def _identity_tracklets(rng, cfg: SyntheticConfig, ncam: int, pid: int):
+def identity_tracklets(rng, cfg: SyntheticConfig, ncam: int, pid: int):
     """Cameras and per-camera tracklet counts of one identity."""
     k = int(rng.integers(cfg.cameras_per_id[0], cfg.cameras_per_id[1] + 1))
     cams = np.sort(rng.choice(np.arange(1, ncam + 1), k, replace=False))
@@ -495,6 +416,9 @@ def _identity_tracklets(rng, cfg: SyntheticConfig, ncam: int, pid: int):
     return cams, per
 
 
+# --------------------------------------------------------------------------------------------
+# MARS
+# --------------------------------------------------------------------------------------------
 def _mars_planted(info: dict, root, seed: int, ncam: int) -> dict:
     """What a MARS tree holds, per split, as the index should find it (queries, gallery w/o junk)."""
     te = info["test"]
@@ -536,16 +460,16 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     excludes queries and junk; identities exclude pid 0), junk and distractor counts.
     """
     cfg = cfg or SyntheticConfig()
-    ncam = cfg.validate("mars")
+    ncam = cfg.validate(default_cameras=6, max_cameras=MAX_CAMERAS)   # one camera digit
     root = Path(root)
     rng = np.random.default_rng([cfg.seed, 10, 0])
-    train_pids, test_pids, _ = _draw_pids(rng, cfg)
+    train_pids, test_pids, _ = draw_pids(rng, cfg)
     lens = lambda k: rng.integers(cfg.min_len, cfg.max_len + 1, size=k)  # noqa: E731
 
     def build(pids, test: bool):
         pid, cam, query = [], [], []
         for p in pids:
-            cams, per = _identity_tracklets(rng, cfg, ncam, int(p))
+            cams, per = identity_tracklets(rng, cfg, ncam, int(p))
             nq = int(rng.integers(1, len(cams))) if test else 0   # leave >= 1 gallery camera
             qcams = set(rng.choice(cams, nq, replace=False).tolist()) if nq else set()
             for c, m in zip(cams, per):
@@ -559,23 +483,20 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     te_pid = np.concatenate([te_pid, np.zeros(nd, np.int64), -np.ones(nj, np.int64)])
     te_cam = np.concatenate([te_cam, rng.integers(1, ncam + 1, nd + nj)])
     te_q = np.concatenate([te_q, np.zeros(nd + nj, bool)])
-    train = {"pid": tr_pid, "cam": tr_cam, "tnum": _track_numbers(tr_pid, tr_cam), "length": lens(len(tr_pid))}
-    test = {"pid": te_pid, "cam": te_cam, "tnum": _track_numbers(te_pid, te_cam), "length": lens(len(te_pid))}
+    train = {"pid": tr_pid, "cam": tr_cam, "tnum": track_numbers(tr_pid, tr_cam), "length": lens(len(tr_pid))}
+    test = {"pid": te_pid, "cam": te_cam, "tnum": track_numbers(te_pid, te_cam), "length": lens(len(te_pid))}
 
-    painter = _Painter(cfg, ncam, stream=11)
+    painter = Painter(cfg, ncam, stream=11)
     with atomic_dir(root) as tmp:
-        info = _write_mars_info(tmp, train, test, te_q)
+        info = write_mars_info(tmp, train, test, te_q)
         files, jobs = [], []
-        for split, folder in (("train", "bbox_train"), ("test", "bbox_test")):
-            s = info[split]
-            names = s["lines"][:, :19].copy().view("S19").ravel().astype("U19")
-            for i in range(len(s["pid"])):
-                pid, start, n = int(s["pid"][i]), int(s["starts"][i]), int(s["length"][i])
-                d = tmp / folder / names[start][:4]
-                files.append((d, names[start:start + n]))
+        for split in ("train", "test"):
+            pids, cams = info[split]["pid"].tolist(), info[split]["cam"].tolist()
+            for (sub, fnames), pid, cam in zip(tracklet_files(info, split), pids, cams, strict=True):
+                files.append((tmp / sub, fnames))
                 key = pid if pid > 0 else 100_000 + len(jobs)   # distractors/junk: one-off people
-                jobs.append((key, int(s["cam"][i]) - 1, n, len(jobs), pid < 0))
-        for (d, fnames), frames in zip(files, painter.render_many(jobs, _workers(workers))):
+                jobs.append((key, cam - 1, len(fnames), len(jobs), pid < 0))
+        for (d, fnames), frames in zip(files, painter.render_many(jobs, workers)):
             d.mkdir(parents=True, exist_ok=True)
             for name, data in zip(fnames, frames):
                 (d / name).write_bytes(data)
@@ -608,10 +529,10 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     identity/tracklet counts, and style/start counts.
     """
     cfg = cfg or SyntheticConfig()
-    ncam = cfg.validate("duke")
+    ncam = cfg.validate(default_cameras=8, max_cameras=9)             # one camera digit
     root = Path(root)
     rng = np.random.default_rng([cfg.seed, 20, 0])
-    train_pids, test_pids, dis_pids = _draw_pids(rng, cfg, cfg.num_distractor_ids)
+    train_pids, test_pids, dis_pids = draw_pids(rng, cfg, cfg.num_distractor_ids)
 
     # (split, pid, tracklet folder, camera, length, f0, x0, old)
     rows: list[tuple] = []
@@ -625,14 +546,14 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
             rows.append((s, pid, tid, cam, n, f0, x0, old))
 
     for p in train_pids:
-        cams, per = _identity_tracklets(rng, cfg, ncam, int(p))
+        cams, per = identity_tracklets(rng, cfg, ncam, int(p))
         tid = 0
         for c, m in zip(cams, per):
             for _ in range(int(m)):
                 tid += 1
                 add(("train",), int(p), tid, int(c))
     for p in test_pids:
-        cams, per = _identity_tracklets(rng, cfg, ncam, int(p))
+        cams, per = identity_tracklets(rng, cfg, ncam, int(p))
         qcam = int(rng.choice(cams))
         tid = 0
         for c, m in zip(cams, per):
@@ -653,7 +574,7 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     qkeys = {(r[1], r[2]): r for r in rows if r[0] == "query"}
     rows = [(r[0],) + qkeys[(r[1], r[2])][1:] if r[0] == "gallery" and (r[1], r[2]) in qkeys else r for r in rows]
 
-    painter = _Painter(cfg, ncam, stream=21)
+    painter = Painter(cfg, ncam, stream=21)
     first: dict[tuple[int, int], int] = {}      # (pid, tracklet) -> job; a query and its gallery copy share one
     jobs = []
     for split, pid, tid, cam, n, f0, x0, old in rows:
@@ -664,7 +585,7 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     for r in rows:
         users.setdefault(first[(r[1], r[2])], []).append(r)
     with atomic_dir(root) as tmp:
-        for j, frames in enumerate(painter.render_many(jobs, _workers(workers))):
+        for j, frames in enumerate(painter.render_many(jobs, workers)):
             for split, pid, tid, cam, n, f0, x0, old in users[j]:
                 d = tmp / split / f"{pid:04d}" / f"{tid:04d}"
                 d.mkdir(parents=True, exist_ok=True)
@@ -800,10 +721,10 @@ def write_mars_metadata(root: str | os.PathLike, seed: int = 0, scale: MarsScale
     te_q = np.zeros(len(te_pid), bool)
     te_q[:len(q_pid)] = True
     # query tracklets come first within their (pid, camera), so they keep T number 1 after sorting
-    train = {"pid": tr_pid, "cam": tr_cam, "tnum": _track_numbers(tr_pid, tr_cam),
+    train = {"pid": tr_pid, "cam": tr_cam, "tnum": track_numbers(tr_pid, tr_cam),
              "length": _exact_lengths(rng, len(tr_pid), sc.train_frames, sc.min_len, sc.max_len, 3.7)}
-    test = {"pid": te_pid, "cam": te_cam, "tnum": _track_numbers(te_pid, te_cam),
+    test = {"pid": te_pid, "cam": te_cam, "tnum": track_numbers(te_pid, te_cam),
             "length": _exact_lengths(rng, len(te_pid), sc.test_frames, sc.min_len, sc.max_len, 3.6)}
     root = Path(root)
-    info = _write_mars_info(root, train, test, te_q)
+    info = write_mars_info(root, train, test, te_q)
     return _mars_planted(info, root, seed, ncam)

@@ -33,7 +33,7 @@ What happens, in this order (every count lands in the returned stats):
    never the whole video; see :func:`iter_frame_batches`), each box is cropped
    and resized to ``height x width`` (PIL, antialiased bicubic) and written as a JPEG named
    ``PPPPCcTttttFfff.jpg`` under ``bbox_train/`` or ``bbox_test/``, with ``info/`` written by
-   the synthetic generator's MARS writer. The output root is written atomically.
+   :mod:`psta.data.mars_layout`. The output root is written atomically.
 
 pids: if every identity is an integer in 1..9999 it is its own pid; otherwise identities are
 numbered 1..K in sorted order (the map is in ``stats["pids"]``). pid 0 (MARS distractor) and
@@ -51,8 +51,16 @@ import numpy as np
 from PIL import Image
 
 from psta.atomic import atomic_dir
+from psta.data.mars_layout import (
+    MAX_CAMERAS,
+    MAX_FRAMES_PER_TRACKLET,
+    MAX_PID,
+    MAX_TRACKLETS_PER_CAMERA,
+    track_numbers,
+    tracklet_files,
+    write_mars_info,
+)
 from psta.data.mot import MotBoxes, read_identities, read_mot_boxes
-from psta.data.synthetic import _track_numbers, _write_mars_info
 from psta.errors import DatasetError
 
 __all__ = [
@@ -72,10 +80,6 @@ __all__ = [
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv")
 IDENTITIES_FILE = "identities.csv"
-MAX_CAMERAS = 9                 # one camera digit in MARS names
-MAX_TRACKLET_FRAMES = 999       # three frame digits
-MAX_TRACKLETS_PER_CAMERA = 9999  # four tracklet digits per (pid, camera)
-MAX_PID = 9999                  # four identity digits
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
              "lanczos": Image.Resampling.LANCZOS}
@@ -126,8 +130,8 @@ class VideoIngestConfig:
 
         need(self.height >= 8 and self.width >= 4, f"crop size {self.height} x {self.width} is too small")
         need(self.frame_stride >= 1, f"frame_stride must be >= 1, got {self.frame_stride}")
-        need(1 <= self.min_tracklet_len <= self.max_tracklet_len <= MAX_TRACKLET_FRAMES,
-             f"need 1 <= min_tracklet_len <= max_tracklet_len <= {MAX_TRACKLET_FRAMES} (MARS frame "
+        need(1 <= self.min_tracklet_len <= self.max_tracklet_len <= MAX_FRAMES_PER_TRACKLET,
+             f"need 1 <= min_tracklet_len <= max_tracklet_len <= {MAX_FRAMES_PER_TRACKLET} (MARS frame "
              f"numbers have 3 digits), got {self.min_tracklet_len}, {self.max_tracklet_len}")
         need(0.0 < self.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {self.test_fraction}")
         need(self.interpolation in _RESAMPLE,
@@ -457,8 +461,208 @@ def _split_identities(ids: list[str], multi: set[str], frac: float, rng: np.rand
 
 
 # --------------------------------------------------------------------------------------------
-# the builder
+# the builder, in its steps
 # --------------------------------------------------------------------------------------------
+@dataclass
+class _Collected:
+    """What :func:`_collect_tracks` kept of the box files, and what it counted."""
+
+    tracks: list[_Track]
+    seen_ids: dict[str, list[str]]      # identity -> why its tracks were dropped
+    seen_keys: set[tuple[str, int]]     # (camera name, track id) with any box
+    boxes: dict[str, int]
+    track_counts: dict[str, int]
+    cameras: list[dict]
+
+
+@dataclass
+class _Tracklets:
+    """Every tracklet cut from the kept tracks: ``track`` (position in the track list), frame
+    range ``[a, b)`` of that track, ``length``, ``pid``, ``cam`` (1-based, as in MARS names)."""
+
+    track: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    length: np.ndarray
+    pid: np.ndarray
+    cam: np.ndarray
+
+
+def _read_inputs(src: Path, cams: list[Camera]) -> tuple[dict | None, list[MotBoxes]]:
+    """identities.csv (if any) and every camera's boxes, checked before any decoding."""
+    idfile = src / IDENTITIES_FILE
+    idmap = None
+    if idfile.is_file():
+        spellings = {c.name: c.name for c in cams} | {c.video.name: c.name for c in cams}
+        idmap = read_identities(idfile, spellings, display=str(idfile))
+    per_cam: list[MotBoxes] = []
+    for cam in cams:
+        cam.num_frames, cam.frame_height, cam.frame_width = probe_video(cam.video)
+        boxes = read_mot_boxes(cam.boxes, display=str(cam.boxes))
+        _check_frames_in_video(cam, boxes)
+        per_cam.append(boxes)
+    return idmap, per_cam
+
+
+def _camera_stats(cam: Camera, boxes: MotBoxes) -> dict:
+    return {"camera": cam.camid, "name": cam.name, "video": cam.video.name, "box_file": cam.boxes.name,
+            "video_frames": cam.num_frames, "frame_size": [cam.frame_height, cam.frame_width],
+            "boxes": len(boxes), "frames_decoded": 0, "crops": 0}
+
+
+def _collect_tracks(cams: list[Camera], per_cam: list[MotBoxes], idmap: dict | None,
+                    cfg: VideoIngestConfig) -> _Collected:
+    """Steps 1-3 of the module doc: filter the boxes, keep the sampled tracks long enough."""
+    bstats = dict(read=0, ignored_zero_conf=0, unlabelled=0, outside_frame=0, clipped=0,
+                  not_sampled=0, in_short_tracks=0, written=0)
+    tstats = dict(read=0, unlabelled=0, outside_frame=0, dropped_short=0, kept=0)
+    got = _Collected([], {}, set(), bstats, tstats, [])
+    for ci, (cam, boxes) in enumerate(zip(cams, per_cam)):
+        bstats["read"] += len(boxes)
+        got.cameras.append(_camera_stats(cam, boxes))
+        if cfg.skip_zero_conf:
+            ign = boxes.conf == 0
+            bstats["ignored_zero_conf"] += int(ign.sum())
+            boxes = boxes.take(~ign)
+        _check_duplicates(cam, boxes)
+        box, clipped, outside = clip_boxes(boxes.left, boxes.top, boxes.width, boxes.height,
+                                           cam.frame_width, cam.frame_height)
+        for tid in np.unique(boxes.track):
+            tid = int(tid)
+            got.seen_keys.add((cam.name, tid))
+            tstats["read"] += 1
+            m = np.flatnonzero(boxes.track == tid)
+            if idmap is not None and (cam.name, tid) not in idmap:
+                tstats["unlabelled"] += 1
+                bstats["unlabelled"] += len(m)
+                continue
+            ident = idmap[(cam.name, tid)][0] if idmap is not None else str(tid)
+            why = got.seen_ids.setdefault(ident, [])
+            bstats["clipped"] += int(clipped[m].sum())
+            bstats["outside_frame"] += int(outside[m].sum())
+            m = m[~outside[m]]
+            if len(m) == 0:
+                tstats["outside_frame"] += 1
+                why.append(f"track {tid} of {cam.name}: every box outside the frame")
+                continue
+            m = m[np.argsort(boxes.frame[m], kind="stable")]
+            s = m[::cfg.frame_stride]
+            bstats["not_sampled"] += len(m) - len(s)
+            if len(s) < cfg.min_tracklet_len:
+                tstats["dropped_short"] += 1
+                bstats["in_short_tracks"] += len(s)
+                why.append(f"track {tid} of {cam.name}: {len(s)} sampled frame(s) < min_tracklet_len "
+                           f"{cfg.min_tracklet_len}")
+                continue
+            tstats["kept"] += 1
+            got.tracks.append(_Track(ci, tid, ident, boxes.frame[s] - 1, box[s]))
+    return got
+
+
+def _kept_identities(got: _Collected, idmap: dict | None, idfile: Path, src: Path,
+                     cfg: VideoIngestConfig) -> tuple[list[str], list[str]]:
+    """The identities with frames left, and those without (an error unless dropping them)."""
+    if idmap is not None:
+        for (cname, tid), (ident, line) in sorted(idmap.items(), key=lambda kv: kv[1][1]):
+            if (cname, tid) not in got.seen_keys:
+                raise DatasetError(
+                    f"{idfile}, line {line}: track {tid} of camera {cname} (identity {ident!r}) has no box "
+                    f"in {cname}.txt" + (" (rows with conf 0 are ignored)" if cfg.skip_zero_conf else "")
+                    + "; fix the track id or delete the row")
+    kept_ids = sorted({t.identity for t in got.tracks})
+    empty = sorted(set(got.seen_ids) - set(kept_ids))
+    if empty and cfg.on_empty_identity == "error":
+        shown = "; ".join(f"{s!r} ({', '.join(got.seen_ids[s][:2])})" for s in empty[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise DatasetError(
+            f"{len(empty)} identit{'y has' if len(empty) == 1 else 'ies have'} no frames left after "
+            f"filtering: {shown}{more}. Lower min_tracklet_len (now {cfg.min_tracklet_len}) or "
+            f"frame_stride (now {cfg.frame_stride}), fix their boxes, remove them from the box files "
+            f"/ identities.csv, or set on_empty_identity: drop to drop them (counted in the stats)")
+    if not kept_ids:
+        raise DatasetError(f"no track of the box files in {src} is left after filtering; see the "
+                           f"min_tracklet_len / frame_stride settings and the boxes")
+    return kept_ids, empty
+
+
+def _cut_tracklets(tracks: list[_Track], pids: dict[str, int], max_len: int) -> _Tracklets:
+    """Sort the tracks by (pid, camera, track, first frame) and cut each into tracklets."""
+    tracks.sort(key=lambda t: (pids[t.identity], t.cam, t.track_id, int(t.frame0[0])))
+    pieces = [(k, a, b) for k, t in enumerate(tracks) for a, b in _even_pieces(len(t.frame0), max_len)]
+    track, a, b = (np.array(col) for col in zip(*pieces))
+    return _Tracklets(track=track, a=a, b=b, length=b - a,
+                      pid=np.array([pids[tracks[k].identity] for k in track], np.int64),
+                      cam=np.array([tracks[k].cam + 1 for k in track], np.int64))
+
+
+def _split_and_pick_queries(tracks: list[_Track], tl: _Tracklets, kept_ids: list[str], pids: dict[str, int],
+                            cfg: VideoIngestConfig) -> tuple[set[str], set[str], np.ndarray, np.ndarray]:
+    """Step 4: (test identities, multi-camera identities, per-tracklet is_test and is_query)."""
+    id_cams = {s: set() for s in kept_ids}
+    for t in tracks:
+        id_cams[t.identity].add(t.cam)
+    multi = {s for s, c in id_cams.items() if len(c) >= 2}
+    rng = np.random.default_rng([cfg.seed, 4242])
+    test_ids = _split_identities(kept_ids, multi, cfg.test_fraction, rng)
+    test_pids = np.array(sorted(pids[s] for s in test_ids), np.int64)
+    is_test = np.isin(tl.pid, test_pids)
+    is_query = np.zeros(len(tl.pid), bool)
+    for p in test_pids:
+        members = np.flatnonzero(tl.pid == p)
+        for q in _choose_queries(tl.cam[members], rng):
+            is_query[members[q]] = True
+    return test_ids, multi, is_test, is_query
+
+
+def _mars_splits(tl: _Tracklets, is_test: np.ndarray) -> dict[str, dict]:
+    """The train and test tracklets as :func:`write_mars_info` takes them (``tl``: positions)."""
+    splits = {}
+    for name, sel in (("train", np.flatnonzero(~is_test)), ("test", np.flatnonzero(is_test))):
+        tnum = track_numbers(tl.pid[sel], tl.cam[sel])
+        if len(tnum) and tnum.max() > MAX_TRACKLETS_PER_CAMERA:
+            i = int(np.argmax(tnum))
+            raise DatasetError(f"identity with pid {int(tl.pid[sel][i])} has more than {MAX_TRACKLETS_PER_CAMERA} "
+                               f"tracklets in camera {int(tl.cam[sel][i])}, more than MARS names can number; "
+                               f"raise max_tracklet_len or frame_stride")
+        splits[name] = {"pid": tl.pid[sel], "cam": tl.cam[sel], "tnum": tnum, "length": tl.length[sel], "tl": sel}
+    return splits
+
+
+def _write_crops(tmp: Path, cams: list[Camera], tracks: list[_Track], tl: _Tracklets, written: dict,
+                 cfg: VideoIngestConfig, got: _Collected) -> None:
+    """Step 5: decode each camera's needed frames once, in order, and write every crop."""
+    cam_jobs: list[list] = [[] for _ in cams]    # per camera: (frame0 array, box array, path list)
+    for split in ("train", "test"):
+        for k, (sub, names) in zip(written[split]["tl"], tracklet_files(written, split), strict=True):
+            t = tracks[int(tl.track[k])]
+            a, b = int(tl.a[k]), int(tl.b[k])
+            (tmp / sub).mkdir(parents=True, exist_ok=True)
+            cam_jobs[t.cam].append((t.frame0[a:b], t.box[a:b], [f"{sub}/{n}" for n in names]))
+    for ci, cam in enumerate(cams):
+        if not cam_jobs[ci]:
+            continue
+        frame0 = np.concatenate([j[0] for j in cam_jobs[ci]])
+        box = np.concatenate([j[1] for j in cam_jobs[ci]])
+        paths = [p for j in cam_jobs[ci] for p in j[2]]
+        order = np.argsort(frame0, kind="stable")
+        frame0, box = frame0[order], box[order]
+        uniq = np.unique(frame0)
+        vr = _open_video(cam.video)
+        pos = 0
+        batch = frames_per_batch(cfg.decode_batch, cfg.decode_batch_mb, cam.frame_height, cam.frame_width)
+        for idx, arr in iter_frame_batches(vr, uniq, batch, cam.video):
+            end = int(np.searchsorted(frame0, idx[-1], side="right"))
+            slot = np.searchsorted(idx, frame0[pos:end])
+            for j in range(pos, end):
+                crop_resize(arr[slot[j - pos]], box[j], cfg.height, cfg.width, cfg.interpolation).save(
+                    tmp / paths[order[j]], format="JPEG", quality=cfg.jpeg_quality)
+            pos = end
+        del vr
+        got.cameras[ci]["frames_decoded"] = int(len(uniq))
+        got.cameras[ci]["crops"] = int(len(frame0))
+        got.boxes["written"] += int(len(frame0))
+
+
 def build_mars_from_videos(src_root: str | os.PathLike, out_root: str | os.PathLike,
                            cfg: VideoIngestConfig | None = None) -> dict:
     """Build a MARS-layout dataset at ``out_root`` from the camera videos and box files in
@@ -480,197 +684,41 @@ def build_mars_from_videos(src_root: str | os.PathLike, out_root: str | os.PathL
     if ro == rs or ro in rs.parents:
         raise DatasetError(f"output root {out} would replace data.root {src} (or a folder holding it); "
                            f"write the MARS tree somewhere else")
-
-    idfile = src / IDENTITIES_FILE
-    idmap = None
-    if idfile.is_file():
-        spellings = {c.name: c.name for c in cams} | {c.video.name: c.name for c in cams}
-        idmap = read_identities(idfile, spellings, display=str(idfile))
-
-    # ---- read and check every input before any decoding
-    per_cam: list[MotBoxes] = []
-    for cam in cams:
-        cam.num_frames, cam.frame_height, cam.frame_width = probe_video(cam.video)
-        boxes = read_mot_boxes(cam.boxes, display=str(cam.boxes))
-        _check_frames_in_video(cam, boxes)
-        per_cam.append(boxes)
-
-    bstats = dict(read=0, ignored_zero_conf=0, unlabelled=0, outside_frame=0, clipped=0,
-                  not_sampled=0, in_short_tracks=0, written=0)
-    tstats = dict(read=0, unlabelled=0, outside_frame=0, dropped_short=0, kept=0)
-    tracks: list[_Track] = []
-    seen_ids: dict[str, list[str]] = {}          # identity -> why its tracks were dropped
-    seen_keys: set[tuple[str, int]] = set()
-    cam_stats = []
-    for ci, (cam, boxes) in enumerate(zip(cams, per_cam)):
-        bstats["read"] += len(boxes)
-        cam_stats.append({"camera": cam.camid, "name": cam.name, "video": cam.video.name,
-                          "box_file": cam.boxes.name, "video_frames": cam.num_frames,
-                          "frame_size": [cam.frame_height, cam.frame_width], "boxes": len(boxes),
-                          "frames_decoded": 0, "crops": 0})
-        if cfg.skip_zero_conf:
-            ign = boxes.conf == 0
-            bstats["ignored_zero_conf"] += int(ign.sum())
-            boxes = boxes.take(~ign)
-        _check_duplicates(cam, boxes)
-        box, clipped, outside = clip_boxes(boxes.left, boxes.top, boxes.width, boxes.height,
-                                           cam.frame_width, cam.frame_height)
-        for tid in np.unique(boxes.track):
-            tid = int(tid)
-            seen_keys.add((cam.name, tid))
-            tstats["read"] += 1
-            m = np.flatnonzero(boxes.track == tid)
-            if idmap is not None:
-                if (cam.name, tid) not in idmap:
-                    tstats["unlabelled"] += 1
-                    bstats["unlabelled"] += len(m)
-                    continue
-                ident = idmap[(cam.name, tid)][0]
-            else:
-                ident = str(tid)
-            why = seen_ids.setdefault(ident, [])
-            bstats["clipped"] += int(clipped[m].sum())
-            bstats["outside_frame"] += int(outside[m].sum())
-            m = m[~outside[m]]
-            if len(m) == 0:
-                tstats["outside_frame"] += 1
-                why.append(f"track {tid} of {cam.name}: every box outside the frame")
-                continue
-            m = m[np.argsort(boxes.frame[m], kind="stable")]
-            s = m[::cfg.frame_stride]
-            bstats["not_sampled"] += len(m) - len(s)
-            if len(s) < cfg.min_tracklet_len:
-                tstats["dropped_short"] += 1
-                bstats["in_short_tracks"] += len(s)
-                why.append(f"track {tid} of {cam.name}: {len(s)} sampled frame(s) < min_tracklet_len "
-                           f"{cfg.min_tracklet_len}")
-                continue
-            tstats["kept"] += 1
-            tracks.append(_Track(ci, tid, ident, boxes.frame[s] - 1, box[s]))
-
-    if idmap is not None:
-        for (cname, tid), (ident, line) in sorted(idmap.items(), key=lambda kv: kv[1][1]):
-            if (cname, tid) not in seen_keys:
-                raise DatasetError(
-                    f"{idfile}, line {line}: track {tid} of camera {cname} (identity {ident!r}) has no box "
-                    f"in {cname}.txt" + (" (rows with conf 0 are ignored)" if cfg.skip_zero_conf else "")
-                    + "; fix the track id or delete the row")
-
-    kept_ids = sorted({t.identity for t in tracks})
-    empty = sorted(set(seen_ids) - set(kept_ids))
-    if empty and cfg.on_empty_identity == "error":
-        shown = "; ".join(f"{s!r} ({', '.join(seen_ids[s][:2])})" for s in empty[:5])
-        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
-        raise DatasetError(
-            f"{len(empty)} identit{'y has' if len(empty) == 1 else 'ies have'} no frames left after "
-            f"filtering: {shown}{more}. Lower min_tracklet_len (now {cfg.min_tracklet_len}) or "
-            f"frame_stride (now {cfg.frame_stride}), fix their boxes, remove them from the box files "
-            f"/ identities.csv, or set on_empty_identity: drop to drop them (counted in the stats)")
-    if not kept_ids:
-        raise DatasetError(f"no track of the box files in {src} is left after filtering; see the "
-                           f"min_tracklet_len / frame_stride settings and the boxes")
-
-    # ---- tracklets, identities, split
+    idmap, per_cam = _read_inputs(src, cams)
+    got = _collect_tracks(cams, per_cam, idmap, cfg)
+    kept_ids, empty = _kept_identities(got, idmap, src / IDENTITIES_FILE, src, cfg)
     pids, renumbered = _assign_pids(kept_ids)
-    tracks.sort(key=lambda t: (pids[t.identity], t.cam, t.track_id, int(t.frame0[0])))
-    tl_track, tl_a, tl_b = [], [], []
-    for k, t in enumerate(tracks):
-        for a, b in _even_pieces(len(t.frame0), cfg.max_tracklet_len):
-            tl_track.append(k); tl_a.append(a); tl_b.append(b)
-    tl_track, tl_a, tl_b = np.array(tl_track), np.array(tl_a), np.array(tl_b)
-    tl_len = tl_b - tl_a
-    tl_pid = np.array([pids[tracks[k].identity] for k in tl_track], np.int64)
-    tl_cam = np.array([tracks[k].cam + 1 for k in tl_track], np.int64)     # MARS camera = camid (1-based)
-
-    id_cams = {s: set() for s in kept_ids}
-    for t in tracks:
-        id_cams[t.identity].add(t.cam)
-    multi = {s for s, c in id_cams.items() if len(c) >= 2}
-    rng = np.random.default_rng([cfg.seed, 4242])
-    test_ids = _split_identities(kept_ids, multi, cfg.test_fraction, rng)
-    test_pids = np.array(sorted(pids[s] for s in test_ids), np.int64)
-    is_test = np.isin(tl_pid, test_pids)
-    is_query = np.zeros(len(tl_pid), bool)
-    for p in test_pids:
-        members = np.flatnonzero(tl_pid == p)
-        for q in _choose_queries(tl_cam[members], rng):
-            is_query[members[q]] = True
-
-    # ---- MARS names (the synthetic generator's writer)
-    splits = {}
-    for name, sel in (("train", np.flatnonzero(~is_test)), ("test", np.flatnonzero(is_test))):
-        tnum = _track_numbers(tl_pid[sel], tl_cam[sel])
-        if len(tnum) and tnum.max() > MAX_TRACKLETS_PER_CAMERA:
-            i = int(np.argmax(tnum))
-            raise DatasetError(f"identity with pid {int(tl_pid[sel][i])} has more than {MAX_TRACKLETS_PER_CAMERA} "
-                               f"tracklets in camera {int(tl_cam[sel][i])}, more than MARS names can number; "
-                               f"raise max_tracklet_len or frame_stride")
-        splits[name] = {"pid": tl_pid[sel], "cam": tl_cam[sel], "tnum": tnum, "length": tl_len[sel], "tl": sel}
-
-    cam_jobs: list[list] = [[] for _ in cams]    # per camera: (frame0 array, box array, path list)
+    tl = _cut_tracklets(got.tracks, pids, cfg.max_tracklet_len)
+    test_ids, multi, is_test, is_query = _split_and_pick_queries(got.tracks, tl, kept_ids, pids, cfg)
+    splits = _mars_splits(tl, is_test)
     with atomic_dir(out) as tmp:
-        info = _write_mars_info(tmp, splits["train"], splits["test"], is_query[splits["test"]["tl"]])
-        folders = set()
-        for name, folder in (("train", "bbox_train"), ("test", "bbox_test")):
-            s = info[name]
-            names = s["lines"][:, :19].copy().view("S19").ravel().astype("U19")
-            for i, k in enumerate(s["tl"]):
-                t = tracks[int(tl_track[k])]
-                a, b, st = int(tl_a[k]), int(tl_b[k]), int(s["starts"][i])
-                sub = f"{folder}/{names[st][:4]}"
-                folders.add(sub)
-                cam_jobs[t.cam].append((t.frame0[a:b], t.box[a:b], [f"{sub}/{n}" for n in names[st:st + b - a]]))
-        for sub in sorted(folders):
-            (tmp / sub).mkdir(parents=True, exist_ok=True)
-        for ci, cam in enumerate(cams):
-            if not cam_jobs[ci]:
-                continue
-            frame0 = np.concatenate([j[0] for j in cam_jobs[ci]])
-            box = np.concatenate([j[1] for j in cam_jobs[ci]])
-            paths = [p for j in cam_jobs[ci] for p in j[2]]
-            order = np.argsort(frame0, kind="stable")
-            frame0, box = frame0[order], box[order]
-            uniq = np.unique(frame0)
-            vr = _open_video(cam.video)
-            pos = 0
-            batch = frames_per_batch(cfg.decode_batch, cfg.decode_batch_mb, cam.frame_height, cam.frame_width)
-            for idx, arr in iter_frame_batches(vr, uniq, batch, cam.video):
-                end = int(np.searchsorted(frame0, idx[-1], side="right"))
-                slot = np.searchsorted(idx, frame0[pos:end])
-                for j in range(pos, end):
-                    crop_resize(arr[slot[j - pos]], box[j], cfg.height, cfg.width, cfg.interpolation).save(
-                        tmp / paths[order[j]], format="JPEG", quality=cfg.jpeg_quality)
-                pos = end
-            del vr
-            cam_stats[ci]["frames_decoded"] = int(len(uniq))
-            cam_stats[ci]["crops"] = int(len(frame0))
-            bstats["written"] += int(len(frame0))
+        written = write_mars_info(tmp, splits["train"], splits["test"], is_query[splits["test"]["tl"]])
+        _write_crops(tmp, cams, got.tracks, tl, written, cfg, got)
 
-    # ---- stats
     def split_stats(mask: np.ndarray) -> dict:
-        return {"identities": int(len(np.unique(tl_pid[mask]))),
-                "tracks": int(len(np.unique(tl_track[mask]))),
-                "tracklets": int(mask.sum()), "frames": int(tl_len[mask].sum())}
+        return {"identities": int(len(np.unique(tl.pid[mask]))),
+                "tracks": int(len(np.unique(tl.track[mask]))),
+                "tracklets": int(mask.sum()), "frames": int(tl.length[mask].sum())}
 
     single_test = sorted(pids[s] for s in test_ids if s not in multi)
     return {
         "source": str(src),
         "root": str(out),
         "num_cameras": len(cams),
-        "cameras": cam_stats,
+        "cameras": got.cameras,
         "identity_source": IDENTITIES_FILE if idmap is not None else "track ids",
-        "boxes": bstats,
-        "tracks": tstats,
+        "boxes": got.boxes,
+        "tracks": got.track_counts,
         "identities": {
-            "read": len(seen_ids), "kept": len(kept_ids), "dropped": len(empty), "dropped_names": empty,
+            "read": len(got.seen_ids), "kept": len(kept_ids), "dropped": len(empty), "dropped_names": empty,
             "train": len(kept_ids) - len(test_ids), "test": len(test_ids),
             "test_single_camera": len(single_test), "test_single_camera_pids": single_test,
             "renumbered": renumbered,
         },
         "splits": {"train": split_stats(~is_test), "query": split_stats(is_query),
                    "gallery": split_stats(is_test & ~is_query)},
-        "tracklets": int(len(tl_pid)),
-        "frames": int(tl_len.sum()),
+        "tracklets": int(len(tl.pid)),
+        "frames": int(tl.length.sum()),
         "pids": {s: pids[s] for s in kept_ids},
         "config": cfg.to_dict(),
     }

@@ -14,10 +14,10 @@ Public API::
 """
 from .distance import METRICS, pairwise_distance
 from .metrics import cmc_at, rank_metrics, rank_metrics_from_features
-from .protocols import PROTOCOLS, ProtocolSplit, evaluate_protocol, protocol_split, summary
+from .protocols import PROTOCOLS, Protocol, ProtocolSplit, evaluate_protocol, protocol_split, summary
 from .rerank import re_rank
 
 __all__ = [
-    "METRICS", "PROTOCOLS", "ProtocolSplit", "cmc_at", "evaluate_protocol", "pairwise_distance",
+    "METRICS", "PROTOCOLS", "Protocol", "ProtocolSplit", "cmc_at", "evaluate_protocol", "pairwise_distance",
     "protocol_split", "rank_metrics", "rank_metrics_from_features", "re_rank", "summary",
 ]

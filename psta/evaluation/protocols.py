@@ -5,7 +5,7 @@ The table needs columns ``split`` ("query" / "gallery"; "train" rows are ignored
 ``tracklet_id`` is used for the ranked lists when present. ``features`` holds one embedding
 per row of the table, in the table's row order.
 
-Protocols (docs: /work/shared/DATASETS.md):
+Protocols (each dataset declares its own in :mod:`psta.data.registry`):
 
 * ``"mars_official"``: the MARS authors' code and PSTA: gallery = query rows + gallery rows
   (all test tracklets, 11,310 at full scale). The query itself (same identity and camera) is
@@ -27,18 +27,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from psta.data.registry import PROTOCOLS, Protocol, get_protocol
+
 from ._validate import to_numpy
 from .distance import _check_metric
 from .metrics import rank_metrics, rank_metrics_from_features
 from .rerank import re_rank
 
-PROTOCOLS = {
-    "mars_official": "gallery = queries + gallery rows (MARS authors' code, PSTA)",
-    "mars_torchreid": "gallery = gallery rows only (torchreid's MARS)",
-    "duke": "gallery = gallery rows as they are (they already hold the queries)",
-}
-
-__all__ = ["PROTOCOLS", "ProtocolSplit", "protocol_split", "evaluate_protocol", "summary"]
+__all__ = ["PROTOCOLS", "Protocol", "ProtocolSplit", "protocol_split", "evaluate_protocol", "summary"]
 
 _REQUIRED = ("split", "pid", "camid")
 
@@ -52,10 +48,11 @@ class ProtocolSplit:
     num_junk_dropped: int
 
 
-def protocol_split(name: str, tracklets: pd.DataFrame) -> ProtocolSplit:
-    """Which rows of ``tracklets`` are queries and which form the gallery under ``name``."""
-    if name not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
+def protocol_split(name: str | Protocol, tracklets: pd.DataFrame) -> ProtocolSplit:
+    """Which rows of ``tracklets`` are queries and which form the gallery under ``name`` (a
+    registered protocol's name, or a :class:`Protocol`)."""
+    protocol = name if isinstance(name, Protocol) else get_protocol(name)
+    name = protocol.name
     if not isinstance(tracklets, pd.DataFrame):
         raise ValueError(f"tracklets must be a pandas DataFrame (the tracklet index table), "
                          f"got {type(tracklets).__name__}")
@@ -70,7 +67,7 @@ def protocol_split(name: str, tracklets: pd.DataFrame) -> ProtocolSplit:
     is_g = (split == "gallery") & ~junk
     q_rows = np.nonzero(is_q)[0]
     g_rows = np.nonzero(is_g)[0]
-    if name == "mars_official":
+    if protocol.queries_in_gallery:
         g_rows = np.concatenate([q_rows, g_rows])
     if len(q_rows) == 0:
         raise ValueError(f"tracklets has no 'query' rows (splits present: "
@@ -95,13 +92,14 @@ def _rerank_params(rerank: Any) -> dict | None:
     raise ValueError(f"rerank must be None, True or a dict of k1/k2/lambda_value, got {rerank!r}")
 
 
-def evaluate_protocol(name: str, features: Any, tracklets: pd.DataFrame, metric: str = "cosine",
+def evaluate_protocol(name: str | Protocol, features: Any, tracklets: pd.DataFrame, metric: str = "cosine",
                       rerank: Any = None, max_rank: int = 50, topk: int = 10,
                       chunk_size: int = 256) -> dict:
     """Evaluate embeddings of a tracklet table under protocol ``name``.
 
     Args:
-        name: ``"mars_official"``, ``"mars_torchreid"`` or ``"duke"`` (see module doc).
+        name: a protocol of :data:`PROTOCOLS` (``"mars_official"``, ``"mars_torchreid"``,
+            ``"duke"``, ...; see module doc), or a :class:`Protocol`.
         features: ``len(tracklets) x D`` embeddings (numpy or torch), row i = table row i.
         tracklets: the tracklet table (columns split, pid, camid; tracklet_id optional).
         metric: ``"cosine"`` (PSTA's) or ``"euclidean"`` (squared).
@@ -140,7 +138,7 @@ def evaluate_protocol(name: str, features: Any, tracklets: pd.DataFrame, metric:
         res = rank_metrics(dist, pid[qr], cam[qr], pid[gr], cam[gr], max_rank=max_rank,
                            chunk_size=chunk_size, topk=topk)
 
-    out = {"protocol": name, "metric": metric, "rerank": params}
+    out = {"protocol": split.name, "metric": metric, "rerank": params}
     for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "num_queries", "num_gallery",
               "num_valid_queries", "num_skipped_queries", "max_rank", "cmc", "ap", "inp",
               "first_match_rank", "valid", "num_matches"):

@@ -6,12 +6,15 @@
 
 Sections: run summary, results beside the paper's table (trained and untrained), CMC curve,
 per-camera table, training curves, dataset statistics and ranked-list pictures of the best and
-worst queries. Figures are PNGs made with matplotlib (Agg canvas) and numpy/Pillow.
+worst queries. The sections are plain data rendered by Jinja2 templates (``templates/``);
+figures are PNGs made with matplotlib (Agg canvas) and numpy/Pillow.
 """
 from .figures import MATCH_COLOR, MISS_COLOR, QUERY_COLOR, ranked_strip, strip_layout
-from .render import HEADLINE_PROTOCOL, PAPER_RESULTS, ReportInputError, build_report, load_results
+from .inputs import ReportInputError, load_results
+from .paper import paper_table
+from .render import build_report
 
 __all__ = [
-    "HEADLINE_PROTOCOL", "MATCH_COLOR", "MISS_COLOR", "PAPER_RESULTS", "QUERY_COLOR",
-    "ReportInputError", "build_report", "load_results", "ranked_strip", "strip_layout",
+    "MATCH_COLOR", "MISS_COLOR", "QUERY_COLOR", "ReportInputError", "build_report", "load_results",
+    "paper_table", "ranked_strip", "strip_layout",
 ]
