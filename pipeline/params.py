@@ -38,6 +38,8 @@ class DataParams:
     # of dvc.yaml (pipeline.dvcfile); unused by synthetic (generated into data/generated/)
     root: str = "datasets/MARS"
     on_bad_frame: Literal["error", "skip"] = "error"
+    # a frame not at the dataset's size (MARS: 256 x 128) is an error; else counted and warned
+    strict_frame_size: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ test; tests that change things work on a copy of it.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.servers import mlflow_server, stop_group
+from pipeline.servers import free_port, mlflow_server, spawn_mlflow_server, stop_group
 from tests.conftest import TINY_PARAMS
 from tests.test_orchestration import Project, copy_project, make_project, run, sha256, tool_env
 
@@ -234,9 +235,15 @@ def test_killed_writers_leave_temporaries_the_next_run_sweeps_and_one_training_a
     temp = wait_for(lambda: list((copy / "data/train").glob("*/.checkpoint.pt.*.tmp")), first)
     kill(first)
     assert all(t.exists() for t in temp)  # the kill left a half-written checkpoint
+    killed_run = json.loads((copy / ".dvc/tmp/stage-train.run.json").read_text())["run_id"]
     done = pipeline(proj, "train")
     assert not any(t.exists() for t in temp)
     assert f"note: removed {temp[0].relative_to(copy)}" in done.stderr
+    # the killed run could not end itself: this start marked it
+    runs = {r.info.run_id: r for r in mlflow_runs(copy, "train")}
+    assert runs[killed_run].info.status == "KILLED"
+    assert runs[killed_run].data.tags["psta.closed_by"].startswith("next train start: the stage was killed")
+    assert f"note: marked the previous train run {killed_run} KILLED" in done.stderr
 
     build = start(proj, "cache")
     temp = wait_for(lambda: list((copy / "data").glob(".cache.*.tmp")), build)
@@ -244,3 +251,82 @@ def test_killed_writers_leave_temporaries_the_next_run_sweeps_and_one_training_a
     assert all(t.exists() for t in temp)
     swept = pipeline(proj, "cache")
     assert not list((copy / "data").glob(".cache.*")), swept.stderr
+
+
+def test_a_tracking_server_killed_mid_training_costs_the_training_nothing(project, tmp_path):
+    import mlflow
+
+    proj = copy_of(project, tmp_path)
+    copy = proj.path
+    set_params(copy, train={"epochs": 8, "max_steps_per_epoch": 3})
+    store, port = tmp_path / "server", free_port()
+    server, uri = spawn_mlflow_server(store, port)
+    proj.env.update(MLFLOW_TRACKING_URI=uri, PSTA_TRACKING_FLUSH_S="5")
+    try:
+        client = mlflow.MlflowClient(uri)
+        training = start(proj, "train")
+
+        def first_epoch_logged():
+            experiment = client.get_experiment_by_name("psta")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            return [r for r in runs if "loss_total" in r.data.metrics]
+
+        (run,) = wait_for(first_epoch_logged, training, poll=0.2)
+        os.killpg(server.pid, signal.SIGKILL)  # the server dies mid-training
+        server.wait()
+        out, err = training.communicate(timeout=600)
+    finally:
+        stop_group(server)
+    assert training.returncode == 0, err[-3000:]
+    history = (copy / "reports/train_history.csv").read_text().splitlines()
+    assert len(history) == 1 + 8  # every epoch trained and written
+    from psta.integrity import check_digest
+
+    assert check_digest(copy / "data/models/model.pt", required=True)
+    assert f"warning: the MLflow server {uri} stopped answering" in err
+    assert f"not logged to run {run.info.run_id}:" in err
+    assert re.search(r"- \d+ metric values at steps \d+\.\.7 \(.*loss_total", err), err[-3000:]
+    assert "- artifact reports/train_history.csv" in err and "- artifact data/models/model.pt" in err
+    assert "it shows RUNNING there until the next `python -m pipeline train` marks it FINISHED" in err
+
+    # the server is back: the next start ends that run with the status it really had
+    server, uri = spawn_mlflow_server(store, port)
+    try:
+        set_params(copy, train={"epochs": 1})
+        again = pipeline(proj, "train")
+        old = mlflow.MlflowClient(uri).get_run(run.info.run_id)
+    finally:
+        stop_group(server)
+    assert old.info.status == "FINISHED"
+    assert "metric values at steps" in old.data.tags["psta.unlogged"]
+    assert f"note: marked the previous train run {run.info.run_id} FINISHED" in again.stderr
+
+
+def test_no_credential_of_the_tracking_uri_is_shown_or_stored(project, tmp_path, prefect_api):
+    import mlflow
+
+    proj = copy_of(project, tmp_path)
+    set_params(proj.path, retrain={"push": False})
+    with mlflow_server(tmp_path / "server") as uri:
+        proj.env["MLFLOW_TRACKING_URI"] = uri.replace("http://", "http://alice:s3cret@")
+        report = pipeline(proj, "report")
+        retrain = pipeline(proj, "retrain")
+        client = mlflow.MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("psta").experiment_id])
+    assert {r.data.tags["stage"] for r in runs} == {"report", "pipeline"}
+    for proc in (report, retrain):
+        assert "s3cret" not in proc.stdout + proc.stderr
+    for run in runs:
+        assert "s3cret" not in json.dumps([run.data.tags, run.data.params])
+    from tests.test_orchestration import get_json
+
+    artifacts = get_json(f"{prefect_api}/artifacts/filter", {"artifacts": {"key": {"any_": ["retrain-outcome"]}}})
+    assert artifacts and all("s3cret" not in json.dumps(a) for a in artifacts)
+    assert any(uri in json.dumps(a) for a in artifacts)  # the server is named, without credentials
+    logs = get_json(f"{prefect_api}/logs/filter", {"limit": 200, "sort": "TIMESTAMP_DESC"})
+    assert logs and all("s3cret" not in entry["message"] for entry in logs)
+
+    proj.env["MLFLOW_TRACKING_URI"] = f"http://alice:s3cret@127.0.0.1:{free_port()}"  # nobody there
+    fallback = pipeline(proj, "report")
+    assert "is unreachable; logging to sqlite:///mlflow.db instead" in fallback.stderr
+    assert "s3cret" not in fallback.stdout + fallback.stderr

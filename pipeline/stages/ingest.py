@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from prefect import flow
@@ -65,11 +66,31 @@ def read_raw(spec: DatasetSpec, root: Path):
     return spec.reader(root)
 
 
+# the size every frame of a release has (Duke's crops vary); for generated trees, the size written
+RELEASE_FRAME_SIZE = {"mars": (256, 128)}
+
+
+def frame_size(params: Params, spec: DatasetSpec) -> tuple[int, int] | None:
+    if params.data.source == "synthetic":
+        return params.synthetic.height, params.synthetic.width
+    if params.data.source == "videos":
+        return params.videos.height, params.videos.width
+    return RELEASE_FRAME_SIZE.get(spec.name)
+
+
 @stage_task
-def check_frames(root: Path, raw, on_bad_frame: str):
+def check_frames(root: Path, raw, params: Params, size: tuple[int, int] | None):
     from psta.data import check_frames as check
 
-    return check(root, raw.paths, on_bad_frame)
+    result = check(root, raw.paths, params.data.on_bad_frame, frame_size=size,
+                   strict_size=params.data.strict_frame_size)
+    if result.off_size:
+        examples = ", ".join(f"{p} ({s})" for p, s in result.off_size[:3])
+        print(f"warning: {len(result.off_size)} of {len(result.ok)} frames under {root} are not "
+              f"{size[1]} x {size[0]} pixels, the dataset's frame size (e.g. {examples}); they are "
+              f"used as they are (resized by the cache stage). Set data.strict_frame_size: true to "
+              f"treat them as bad frames", file=sys.stderr)
+    return result
 
 
 @flow(name="ingest")
@@ -87,7 +108,7 @@ def ingest(params_path: str = "params.yaml") -> dict:
         elif params.data.source == "videos":
             planted = tracklets_from_videos(params, root)
         raw = read_raw(spec, root)
-        ok_mask, bad = check_frames(root, raw, params.data.on_bad_frame)
+        ok_mask, bad, off_size = check_frames(root, raw, params, frame_size(params, spec))
         info = {"source": params.data.source, "layout": spec.name, "root": str(root),
                 "split": spec.split_scheme}
         stats = {
@@ -97,6 +118,8 @@ def ingest(params_path: str = "params.yaml") -> dict:
             "junk_tracklets": int(raw.tracklets["junk"].sum()),
             "bad_frames": len(bad),
             "bad_frame_examples": [f"{p}: {why}" for p, why in bad[:20]],
+            "off_size_frames": len(off_size),
+            "off_size_examples": [f"{p}: {size}" for p, size in off_size[:20]],
             "planted": planted,
         }
         with atomic_dir(paths.INGEST) as out:

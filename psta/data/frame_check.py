@@ -3,25 +3,27 @@
 Checks per file, cheapest first: it exists and can be read; it is not empty; it starts with the
 JPEG SOI marker and ends with EOI (trailing zero padding allowed); its header parses up to a
 frame header (SOF) with a non-zero size before the scan starts; and, with ``decode=True`` (the
-default), PIL decodes the whole scan (at 1/8 scale: every
-compressed block is still decoded, only the inverse DCT is cheaper). The work is spread over a few threads (file reads and
-libjpeg release the GIL).
+default), libjpeg-turbo (simplejpeg, strict) decodes the whole scan at 1/8 scale (every
+compressed block is still decoded, only the inverse DCT is cheaper) and any decoder warning
+("Corrupt JPEG data: premature end of data segment", ...) fails the frame, as ``jpeginfo -c``
+does: a damaged scan would otherwise decode to grey or garbage rows. A frame whose size is not
+the dataset's is counted (or, with ``strict_size``, bad). The work is spread over a few threads
+(file reads and libjpeg release the GIL).
 """
 from __future__ import annotations
 
-import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
+import simplejpeg
 
 from psta.errors import DatasetError
 
-__all__ = ["check_frames", "check_jpeg_bytes", "ON_BAD_FRAME"]
+__all__ = ["check_frames", "check_jpeg_bytes", "FrameCheck", "ON_BAD_FRAME"]
 
 ON_BAD_FRAME = ("error", "skip")
 
@@ -29,8 +31,32 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}
 
 
+class FrameCheck(NamedTuple):
+    ok: np.ndarray                    # bool per frame
+    bad: list[tuple[str, str]]        # (path, why) of every bad frame
+    off_size: list[tuple[str, str]]   # (path, "W x H") of frames not at the expected size
+
+
 def check_jpeg_bytes(data: bytes, decode: bool = True) -> str | None:
     """Why ``data`` is not a usable JPEG, or ``None`` if it is."""
+    return _inspect(data, decode)[0]
+
+
+def _inspect(data: bytes, decode: bool) -> tuple[str | None, tuple[int, int] | None]:
+    """(why it is bad or None, (height, width) from its frame header when it has one)."""
+    why = _header_problem(data)
+    if isinstance(why, str):
+        return why, None
+    if decode:
+        try:
+            simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=8, strict=True)
+        except ValueError as e:  # strict: libjpeg's warnings are errors too
+            return f"does not decode cleanly (libjpeg: {e})", why
+    return None, why
+
+
+def _header_problem(data: bytes) -> str | tuple[int, int]:
+    """Why the markers are wrong, or the (height, width) of the frame header."""
     if not data:
         return "empty file (0 bytes)"
     if data[:2] != b"\xff\xd8":
@@ -58,32 +84,23 @@ def check_jpeg_bytes(data: bytes, decode: bool = True) -> str | None:
             w = int.from_bytes(data[i + 7:i + 9], "big")
             if h == 0 or w == 0:
                 return f"JPEG frame header gives size {w}x{h}"
-            break
+            return h, w
         if marker in (0xDA, 0xD9):
             return "corrupt JPEG header (no frame header before the scan)"
         i += 2 + seg
-    if decode:
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                # DCT scaling: every entropy-coded block is still decoded, the IDCT is cheaper
-                im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
-                im.load()
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError...
-            return f"does not decode ({type(e).__name__}: {e})"
-    return None
 
 
-def _check_file(full: str, decode: bool) -> str | None:
+def _check_file(full: str, decode: bool) -> tuple[str | None, tuple[int, int] | None]:
     try:
         with open(full, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return "missing file"
+        return "missing file", None
     except IsADirectoryError:
-        return "is a directory, not a file"
+        return "is a directory, not a file", None
     except OSError as e:
-        return f"unreadable ({e.strerror or e})"
-    return check_jpeg_bytes(data, decode)
+        return f"unreadable ({e.strerror or e})", None
+    return _inspect(data, decode)
 
 
 def _as_list(paths: pa.Array | pa.ChunkedArray | Sequence[str] | Iterable[str]) -> list[str]:
@@ -96,7 +113,8 @@ def _as_list(paths: pa.Array | pa.ChunkedArray | Sequence[str] | Iterable[str]) 
 
 def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
                  decode: bool = True, workers: int | None = None,
-                 chunk: int = 4096) -> tuple[np.ndarray, list[tuple[str, str]]]:
+                 chunk: int = 4096, frame_size: tuple[int, int] | None = None,
+                 strict_size: bool = False) -> FrameCheck:
     """Validate the JPEGs ``root/p`` for every ``p`` in ``paths``.
 
     Args:
@@ -105,12 +123,16 @@ def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
         on_bad_frame: ``"error"`` raises one :class:`DatasetError` at the first bad frame
             (naming it and the ``data.on_bad_frame: skip`` fix); ``"skip"`` marks bad frames
             in the mask and lists them.
-        decode: also decode every image with PIL (slower, catches corrupt scan data).
+        decode: also decode every image, decoder warnings counting as errors (slower,
+            catches corrupt scan data).
         workers: threads (default ``min(4, cpu count)``).
+        frame_size: the dataset's ``(height, width)`` (MARS: 256 x 128), or None (any size).
+        strict_size: a frame of another size is bad; else it is only listed in ``off_size``.
 
     Returns:
-        ``(ok_mask, bad)``: a bool array aligned with ``paths`` and ``[(path, reason), ...]``
-        for every bad frame, in path order.
+        :class:`FrameCheck` ``(ok, bad, off_size)``: a bool array aligned with ``paths``,
+        ``[(path, reason), ...]`` for every bad frame and ``[(path, "W x H"), ...]`` for every
+        good frame of another size, in path order.
     """
     if on_bad_frame not in ON_BAD_FRAME:
         raise ValueError(f"data.on_bad_frame must be one of {ON_BAD_FRAME}, got {on_bad_frame!r}")
@@ -119,10 +141,11 @@ def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
     n = len(plist)
     ok = np.ones(n, bool)
     bad: list[tuple[str, str]] = []
+    off_size: list[tuple[str, str]] = []
     workers = workers or min(4, os.cpu_count() or 1)
     prefix = str(root) + os.sep
 
-    def run(pool, start: int) -> list[str | None]:
+    def run(pool, start: int) -> list[tuple[str | None, tuple[int, int] | None]]:
         part = [prefix + p for p in plist[start:start + chunk]]
         if pool is None:
             return [_check_file(f, decode) for f in part]
@@ -131,10 +154,17 @@ def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
     pool = ThreadPoolExecutor(workers) if workers > 1 and n > 256 else None
     try:
         for start in range(0, n, chunk):
-            for k, why in enumerate(run(pool, start)):
+            for k, (why, size) in enumerate(run(pool, start)):
+                i = start + k
+                if why is None and frame_size is not None and size is not None and tuple(size) != tuple(frame_size):
+                    found = f"{size[1]} x {size[0]}"
+                    if not strict_size:
+                        off_size.append((plist[i], found))
+                        continue
+                    why = (f"it is {found} pixels, not {frame_size[1]} x {frame_size[0]} as the "
+                           f"dataset's frames are (data.strict_frame_size: true)")
                 if why is None:
                     continue
-                i = start + k
                 if on_bad_frame == "error":
                     raise DatasetError(
                         f"bad frame {plist[i]} (under {root}): {why}. Restore the file from the "
@@ -145,4 +175,4 @@ def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return ok, bad
+    return FrameCheck(ok, bad, off_size)
