@@ -15,8 +15,12 @@ from typing import Any
 import yaml
 
 from pipeline import paths
+from psta.integrity import file_sha256
 
 DVC_YAML = Path("dvc.yaml")
+# the project this code belongs to: its dvc.yaml and sources stand in when the working
+# directory is a bare scratch folder (params.yaml only), as in the tests
+CODE_ROOT = Path(__file__).resolve().parents[1]
 FRAME_CACHE_HEADER = "header.json"  # psta.data.cache.HEADER_FILE (not imported: torch is slow)
 
 
@@ -35,6 +39,8 @@ def _entry_paths(entries: list | None) -> list[Path]:
 
 
 def stage_deps(stage: str, dvc_yaml: Path = DVC_YAML) -> list[Path]:
+    if not dvc_yaml.is_file():
+        dvc_yaml = CODE_ROOT / "dvc.yaml"
     return _entry_paths(_stages(dvc_yaml).get(stage, {}).get("deps"))
 
 
@@ -88,14 +94,6 @@ def _error(message: str) -> Exception:
     return ParamsError(message)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files(dep: Path) -> list[Path]:
     if dep.is_file():
         return [dep]
@@ -113,9 +111,10 @@ def deps_digest(stage: str, dvc_yaml: Path = DVC_YAML) -> str:
         raise FileNotFoundError(f"{dvc_yaml}: no stage {stage!r} with deps (run from the project root)")
     h = hashlib.sha256()
     for dep in deps:
-        if not dep.exists():
+        base = next((b for b in (Path(), CODE_ROOT) if (b / dep).exists()), None)
+        if base is None:
             raise FileNotFoundError(f"{dep}, a dependency of stage {stage} in {dvc_yaml}, is missing; "
                                     f"run the stages before it (`dvc repro {stage}`)")
-        for f in _files(dep):
-            h.update(f"{f.as_posix()}\0{_file_sha256(f)}\n".encode())
+        for f in _files(base / dep):
+            h.update(f"{f.relative_to(base).as_posix()}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
