@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python -m benchmarks.bench_integrity [--ids 24] [--clips 400] [--rounds 5]``
 
 1. clip reads from the frame cache (T = 8 frames of a random tracklet, random-interval
-   sampling, 256 x 128) with the per-frame CRC-32 check (``FrameCache(path)``, what every stage
+   sampling, 256 x 128) with the per-frame CRC-32C check (``FrameCache(path)``, what every stage
    uses) against the same reads unchecked (``check_reads=False``), raw and jpeg caches;
 2. loading ``model.pt`` (ResNet-50 PSTA, 35 M parameters) with its sha256 checked against
    ``torch.load`` alone;

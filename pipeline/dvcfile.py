@@ -99,7 +99,7 @@ def _files(dep: Path) -> list[Path]:
         return [dep]
     if (dep / FRAME_CACHE_HEADER).is_file():
         # a frame cache's header holds the sha256 of every shard and table, and every read is
-        # checked against the cache's per-frame checksums: the header stands for the content
+        # checked against the cache's per-frame CRC-32C: the header stands for the content
         return [dep / FRAME_CACHE_HEADER]
     return sorted(p for p in dep.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 

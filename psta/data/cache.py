@@ -10,7 +10,7 @@ Layout of a cache directory (``format_version`` 2)::
     header.json       format, frame size, counts, per-file sizes and sha256, source fingerprint
     tracklets.npy     int64 (tracklet_table_rows, 2): frame_offset, n_frames per tracklet id
                       (row t = tracklet id t; n_frames 0 for ids absent from the index)
-    crc32.npy         uint32 (num_frames,): CRC-32 of every frame's stored bytes
+    crc32c.npy        uint32 (num_frames,): CRC-32C of every frame's stored bytes
     frames.npy        "jpeg" only: int64 (num_frames, 3): shard, byte offset, byte length
     shard-00000.bin   the frames, in frames.parquet row order (tracklet-major, temporal)
 
@@ -32,8 +32,8 @@ across DataLoader workers and nothing is memory-mapped, so a loading loop's resi
 stays bounded by its batch, whatever the size of the cache.
 
 Integrity: opening checks the header, the version and every file's size (cheap); the small
-tables are also checksummed at open; every frame read is checked against its CRC-32 (zlib,
-several GB/s: see benchmarks/bench_integrity.py), so damaged bytes are never used whichever
+tables are also checksummed at open; every frame read is checked against its CRC-32C (the
+CPU's crc32 instruction via google-crc32c: see benchmarks/bench_integrity.py), so damaged bytes are never used whichever
 stage reads them. :meth:`FrameCache.verify` recomputes every shard's sha256. Any mismatch is
 one :class:`CacheError` naming the file and saying to rebuild.
 """
@@ -48,11 +48,11 @@ import shutil
 import threading
 import time
 import warnings
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import google_crc32c
 import numpy as np
 import pandas as pd
 import torch
@@ -73,7 +73,7 @@ FORMATS = ("raw", "jpeg")
 HEADER_FILE = "header.json"
 TRACKLETS_FILE = "tracklets.npy"
 FRAMES_FILE = "frames.npy"
-CRC_FILE = "crc32.npy"
+CRC_FILE = "crc32c.npy"
 REBUILD_HINT = "rebuild it with the cache stage (`python -m pipeline cache`)"
 _CHUNK = 64          # frames per build work item
 _HASH_BLOCK = 8 << 20
@@ -219,7 +219,7 @@ class _ShardWriter:
             self.frames[row] = (len(self.shards) - 1, cur["bytes"], len(data))
         self._f.write(data)
         self._hash.update(data)
-        self.crc[row] = zlib.crc32(data)
+        self.crc[row] = google_crc32c.value(data)
         cur["bytes"] += len(data)
         cur["num_frames"] += 1
 
@@ -508,9 +508,10 @@ class FrameCache:
                           f"shorter than its header says (truncated); {REBUILD_HINT}")
 
     def _check_crc(self, row: int, data, shard: int) -> None:
-        if zlib.crc32(data) != int(self._crc[row]):
+        # google-crc32c takes numpy rows and bytes, not a bytearray (a jpeg frame: a small copy)
+        if google_crc32c.value(data if isinstance(data, np.ndarray) else bytes(data)) != int(self._crc[row]):
             raise CacheError(f"frame cache file {self.path / self._shards[shard]['file']} is "
-                             f"damaged: frame row {row} fails its CRC-32 check; {REBUILD_HINT}")
+                             f"damaged: frame row {row} fails its CRC-32C check; {REBUILD_HINT}")
 
     # -- reads
     def read(self, tracklet_id: int, frame_indices: Sequence[int] | np.ndarray) -> torch.Tensor:
