@@ -14,7 +14,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 # pip on this machine lists extra local indexes that warn for every missing package
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install system-deps run test test-fast bench serve ui
+.PHONY: install system-deps run lint test test-fast bench serve ui exps
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,10 @@ system-deps:
 run: install
 	$(PY) -m pipeline repro
 
+# ruff: pyflakes, pycodestyle, isort, bugbear (configured in pyproject.toml)
+lint: install
+	$(BIN)/ruff check .
+
 test: install system-deps
 	$(PY) -m pytest
 
@@ -50,3 +54,10 @@ serve: install
 # The MLflow UI over the local store: runs, and the registry's psta-<dataset> models
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# Experiments side by side (after `dvc exp run -S train.epochs=30` and the like): the params that
+# differ between them, then rank-1 and mAP of each protocol
+EXPS_DROP := Created|untrained|rank5|rank10|rank20|mINP
+EXPS_KEEP := ^[a-z_]+\.(rank1|mAP)$$
+exps:
+	$(BIN)/dvc exp show --no-pager --md --only-changed --drop '$(EXPS_DROP)' --keep '$(EXPS_KEEP)'

@@ -1,7 +1,12 @@
 """`python -m pipeline <stage>`: run one stage of dvc.yaml as a Prefect flow.
 
 `repro` runs them all (dvc repro), `retrain` runs one retrain (repro + dvc push), `serve`
-serves the scheduled deployment retrain/scheduled (pipeline/retrain.py).
+serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `splits-summary`
+averages the DVC experiments of a 10-split dataset (pipeline/splits.py).
+
+Bad input of any kind (params, dataset, cache, weights, report inputs: a psta.errors.UserError)
+is one line on stderr and exit code 2. params.yaml and what its stages need from the machine
+are checked before any Prefect server, MLflow run or DVC command starts.
 """
 from __future__ import annotations
 
@@ -17,54 +22,90 @@ STAGES = ("ingest", "index", "cache", "train", "evaluate", "report")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument(
-        "stage", choices=(*STAGES, "repro", "retrain", "serve"),
+        "stage", choices=(*STAGES, "repro", "retrain", "serve", "splits-summary"),
         help="a dvc.yaml stage; repro for all; retrain for one retrain (repro + dvc push); "
-             "serve to serve the scheduled retrain deployment",
+             "serve to serve the scheduled retrain deployment; splits-summary for the mean and std "
+             "over the data.split experiments",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.stage != "repro":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_ENABLE_TELEMETRY", "false")):
+    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                       ("MLFLOW_ENABLE_TELEMETRY", "false")):
         os.environ.setdefault(key, value)
 
     from pipeline.locks import Busy
-    from pipeline.params import ParamsError, load_params
-    from psta.data.cache import CacheError
-    from psta.errors import DatasetError, IntegrityError
-    from psta.model import PretrainedWeightsError
-
-    user_errors = (ParamsError, DatasetError, CacheError, PretrainedWeightsError, IntegrityError)
+    from psta.errors import UserError
 
     try:
-        load_params(args.params)  # fail on bad params before a flow (and its server) starts
-        if args.stage == "repro":
-            from pipeline.repro import run_dvc_repro
-
-            return run_dvc_repro(extra, params_path=args.params)
-        if args.stage == "serve":
-            from pipeline.retrain import serve
-
-            return serve(params_path=args.params)
-        if args.stage == "retrain":
-            from pipeline.retrain import RetrainBusy, RetrainFailed, retrain
-
-            try:
-                retrain(params_path=args.params)
-            except (RetrainBusy, RetrainFailed) as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
-            return 0
-        module = importlib.import_module(f"pipeline.stages.{args.stage}")
-        with _stage_guard(args.stage):
-            module.flow_entry(params_path=args.params)
+        return _run(args.stage, args.params, extra)
     except Busy as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except user_errors as err:
+    except UserError as err:
         print(f"error: {_message(err)}", file=sys.stderr)
         return 2
+
+
+def _run(stage: str, params_path: str, extra: list[str]) -> int:
+    from pipeline.params import load_params
+    from pipeline.preflight import check_stages
+
+    if stage == "splits-summary":   # reads experiments' metrics: needs valid params, nothing else
+        from pipeline.splits import splits_summary
+
+        load_params(params_path)
+        splits_summary(params_path=params_path)
+        return 0
+
+    # fail on bad params, and on what they need from this machine, before a flow (and its server) starts
+    check_stages(load_params(params_path), (stage,) if stage in STAGES else STAGES, params_path)
+    if stage == "repro":
+        from pipeline.repro import run_dvc_repro
+
+        return run_dvc_repro(extra, params_path=params_path)
+    if stage == "serve":
+        from pipeline.retrain import serve
+
+        return serve(params_path=params_path)
+    if stage == "retrain":
+        from pipeline.retrain import RetrainBusy, RetrainFailed, retrain
+
+        try:
+            retrain(params_path=params_path)
+        except (RetrainBusy, RetrainFailed) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
+    module = importlib.import_module(f"pipeline.stages.{stage}")
+    with _stage_guard(stage):
+        module.flow_entry(params_path=params_path)
     return 0
+
+
+def _message(err: Exception) -> str:
+    """The error's own message, also when a DataLoader worker wrapped it with its traceback."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith(type(err).__module__) else last
+    return text
+
+
+@contextlib.contextmanager
+def _stage_guard(stage: str):
+    """One run of a stage at a time (torchrun's other ranks write nothing), after sweeping the
+    temporary files its killed predecessors left."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    from pipeline.locks import stage_lock
+    from pipeline.stage import sweep_stage_temps
+
+    with stage_lock(stage):
+        sweep_stage_temps(stage)
+        yield
 
 
 def _message(err: Exception) -> str:

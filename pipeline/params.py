@@ -1,251 +1,224 @@
-"""params.yaml: typed sections, validated once at the stage boundary.
+"""params.yaml: typed sections, validated once, before any work or server starts.
 
-Every knob of the pipeline lives in params.yaml, grouped by the stage that reads it. Loading
-checks every key against the dataclasses below, so a typo or an ill-typed value is one clear
-error naming the key and the fix, before any long work starts.
+Every knob of the pipeline lives in params.yaml, grouped by the stage that reads it. Each section
+is declared once, as a :class:`psta.config.Section` (a strict, frozen pydantic model): the
+library's own configs (``TrainConfig``, ``SyntheticConfig``, ``VideoIngestConfig``) are the
+``train``, ``synthetic`` and ``videos`` sections, the others are declared here. Loading checks
+every key, type, range and cross-field rule and turns every problem into ONE line naming the
+key, the value, what is allowed and the file to fix::
+
+    params.yaml: train.gamma: expected float in (0, 1], got int -1; fix it in params.yaml
+
+A new key: add it to params.yaml (with a comment) and to its section below (type, default,
+range as ``Field(default, ge=..., le=...)``, a ``Literal`` for a choice).
+What the machine must provide (CUDA, files named in params) is checked by
+:mod:`pipeline.preflight`.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from pydantic import Field, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from pipeline.dvcfile import check_dataset_root
-from psta.data.registry import dataset_names, synthetic_layouts
+from psta.config import FieldError, Section
+from psta.data.registry import dataset_names, get_dataset, synthetic_layouts
+from psta.data.synthetic import SyntheticConfig
 from psta.data.videos import VideoIngestConfig
-from psta.engine.trainer import TrainConfig
+from psta.engine.trainer import PRECISIONS, TrainConfig
+from psta.errors import ConfigError
+from psta.shapes import BACKBONE_STRIDE, pyramid_levels
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ParamsError(ValueError):
-    """params.yaml is missing, unknown or ill-typed."""
+class ParamsError(ConfigError):
+    """params.yaml is missing, malformed, or has an unknown, ill-typed or out-of-range value."""
 
 
-@dataclass(frozen=True)
-class DataParams:
+class DataParams(Section):
     # synthetic | a registered dataset (psta.data.registry: mars, duke, ...) | videos
     source: Literal[("synthetic", *dataset_names(), "videos")] = "synthetic"
     # the dataset folder itself (holding bbox_train/ and info/ for MARS, train/ query/ gallery/
     # for Duke, <camera>.mp4 + <camera>.txt for videos), read in place; never inside an output
     # of dvc.yaml (pipeline.dvcfile); unused by synthetic (generated into data/generated/)
-    root: str = "datasets/MARS"
+    root: str = Field("datasets/MARS", min_length=1)
     on_bad_frame: Literal["error", "skip"] = "error"
     # a frame not at the dataset's size (MARS: 256 x 128) is an error; else counted and warned
     strict_frame_size: bool = False
+    # which of the 10 published train/test splits (iLIDS-VID, PRID-2011); 0 for the others
+    split: int = Field(0, ge=0, le=9)
+    # PRID-2011 without splits_prid2011.json in data.root: iLIDS-VID's train_test_splits_prid.mat
+    split_file: str | None = Field(None, min_length=1)
+    # PRID-2011 with neither: the seed of the 10 drawn splits (written to data/ingest/splits.json)
+    split_seed: int = Field(0, ge=0)
 
 
-@dataclass(frozen=True)
-class SyntheticParams:
+class SyntheticParams(SyntheticConfig):
     """psta.data.synthetic.SyntheticConfig, plus which layout to write."""
 
     layout: Literal[synthetic_layouts()] = "mars"  # a registered dataset with a synthetic writer
-    seed: int = 0
-    num_train_ids: int = 48
-    num_test_ids: int = 48
-    num_cameras: int | None = None
-    cameras_per_id: tuple[int, ...] = (2, 3)
-    tracklets_per_camera: tuple[int, ...] = (1, 2)
-    min_len: int = 8
-    max_len: int = 48
-    height: int = 128
-    width: int = 64
-    num_distractor_tracklets: int = 24
-    num_junk_tracklets: int = 12
-    num_distractor_ids: int = 12
-    old_style_fraction: float = 0.3
-    f0002_fraction: float = 0.1
-    occlusion_prob: float = 0.25
-    jpeg_quality: int = 90
 
-    def config(self):
-        from psta.data.synthetic import SyntheticConfig
+    @model_validator(mode="after")
+    def _cameras_fit_the_layout(self) -> "SyntheticParams":
+        cameras = get_dataset(self.layout).cameras
+        if cameras is not None:
+            self.cameras_for(cameras)
+        return self
 
-        values = {k: v for k, v in dataclasses.asdict(self).items() if k != "layout"}
-        return SyntheticConfig(**values)
+    def config(self) -> SyntheticConfig:
+        return SyntheticConfig(**self.model_dump(exclude={"layout"}))
 
 
-@dataclass(frozen=True)
-class ModelParams:
+class ModelParams(Section):
     arch: Literal["psta", "tap"] = "psta"
     backbone: Literal["resnet50", "resnet34", "resnet18"] = "resnet50"
     # none | imagenet | a path to a backbone .pth (see README: ImageNet weights)
-    pretrained: str = "none"
-    seq_len: int = 8
+    pretrained: str = Field("none", min_length=1)
+    seq_len: int = Field(8, ge=1)
     height: int = 256
     width: int = 128
 
+    @field_validator("height", "width")
+    @classmethod
+    def _whole_feature_cells(cls, size: int) -> int:
+        if size < BACKBONE_STRIDE or size % BACKBONE_STRIDE:
+            raise ValueError(f"a multiple of {BACKBONE_STRIDE} (the backbone's stride: 256 x 128 "
+                             "gives 16 x 8 feature maps)")
+        return size
 
-@dataclass(frozen=True)
-class CacheParams:
+    @model_validator(mode="after")
+    def _pyramid(self) -> "ModelParams":
+        if self.arch == "psta":
+            try:
+                pyramid_levels(self.seq_len)
+            except ValueError:
+                raise FieldError("seq_len", self.seq_len, "a power of two >= 2 for arch psta (2, 4, 8, "
+                                 "16, ...: each pyramid level fuses frame pairs)") from None
+        return self
+
+    @property
+    def levels(self) -> int:
+        """Pyramid levels, i.e. losses per clip: log2(T) for psta, 1 for tap."""
+        return pyramid_levels(self.seq_len) if self.arch == "psta" else 1
+
+
+class CacheParams(Section):
     format: Literal["auto", "raw", "jpeg"] = "auto"
-    shard_mb: int = 1024
-    num_workers: int = 2
-    jpeg_quality: int = 95
+    shard_mb: int = Field(1024, ge=1)
+    num_workers: int = Field(2, ge=0)
+    jpeg_quality: int = Field(95, ge=1, le=100)
 
 
-@dataclass(frozen=True)
-class AugmentParams:
-    flip_p: float = 0.5
-    erase_p: float = 0.5
+class AugmentParams(Section):
+    flip_p: float = Field(0.5, ge=0, le=1)
+    erase_p: float = Field(0.5, ge=0, le=1)
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(Section):
     # auto: the paper's test sampling, begin-interval for MARS and dense for Duke
     sampling: Literal["auto", "begin", "dense", "all"] = "auto"
     metric: Literal["cosine", "euclidean"] = "cosine"
     rerank: bool = False
-    k1: int = 20
-    k2: int = 6
-    lambda_value: float = 0.3
-    batch_size: int = 32
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    num_workers: int = 2
-    max_rank: int = 50
+    k1: int = Field(20, ge=1)
+    k2: int = Field(6, ge=1)
+    lambda_value: float = Field(0.3, ge=0, le=1)
+    batch_size: int = Field(32, ge=1)
+    precision: Literal[PRECISIONS] = "auto"
+    num_workers: int = Field(2, ge=0)
+    max_rank: int = Field(50, ge=20)  # metrics.json reports rank-1/5/10/20
     untrained_baseline: bool = True
 
 
-@dataclass(frozen=True)
-class ReportParams:
-    num_examples: int = 3  # best and worst queries shown as ranked lists
+class ReportParams(Section):
+    num_examples: int = Field(3, ge=0)  # best and worst queries shown as ranked lists
 
 
-@dataclass(frozen=True)
-class TrackingParams:
-    experiment: str = "psta"
+class TrackingParams(Section):
+    experiment: str = Field("psta", min_length=1)
 
 
-@dataclass(frozen=True)
-class RetrainParams:
+class RetrainParams(Section):
     """The scheduled retraining deployment (`python -m pipeline serve`, pipeline/retrain.py)."""
 
     cron: str = "0 3 * * 0"  # when the deployment runs (UTC): Sundays 03:00
     push: bool = True  # `dvc push` the new outputs to the default DVC remote afterwards
 
+    @field_validator("cron")
+    @classmethod
+    def _prefect_cron(cls, cron: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule
+        from pydantic import ValidationError
 
-@dataclass(frozen=True)
-class Params:
-    data: DataParams = field(default_factory=DataParams)
-    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+        try:
+            CronSchedule(cron=cron)
+        except ValidationError:
+            raise ValueError("a cron expression Prefect accepts: minute hour day-of-month month "
+                             "day-of-week, e.g. '0 3 * * 0' (Sundays 03:00 UTC)") from None
+        return cron
+
+
+class Params(Section):
+    data: DataParams = Field(default_factory=DataParams)
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
     # data.source=videos: psta.data.videos' own config, one definition of every knob
-    videos: VideoIngestConfig = field(default_factory=VideoIngestConfig)
-    model: ModelParams = field(default_factory=ModelParams)
-    cache: CacheParams = field(default_factory=CacheParams)
-    augment: AugmentParams = field(default_factory=AugmentParams)
+    videos: VideoIngestConfig = Field(default_factory=VideoIngestConfig)
+    model: ModelParams = Field(default_factory=ModelParams)
+    cache: CacheParams = Field(default_factory=CacheParams)
+    augment: AugmentParams = Field(default_factory=AugmentParams)
     # the training section is the engine's own config: one definition of every knob
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    report: ReportParams = field(default_factory=ReportParams)
-    tracking: TrackingParams = field(default_factory=TrackingParams)
-    retrain: RetrainParams = field(default_factory=RetrainParams)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    report: ReportParams = Field(default_factory=ReportParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    retrain: RetrainParams = Field(default_factory=RetrainParams)
+
+    @classmethod
+    def _prefix(cls) -> str:
+        return ""  # keys read as in params.yaml: train.lr
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> "Params":
+        weights = self.train.level_weights
+        if weights and len(weights) != self.model.levels:
+            raise FieldError("train.level_weights", list(weights), f"[] or {self.model.levels} weights, one per "
+                             f"pyramid level of model.arch {self.model.arch} with seq_len {self.model.seq_len}")
+        return self
 
     def section(self, name: str) -> dict[str, Any]:
-        return dataclasses.asdict(getattr(self, name))
+        return getattr(self, name).model_dump()
 
     def sections(self, *names: str) -> dict[str, dict[str, Any]]:
         return {name: self.section(name) for name in names}
 
     def digest(self, *names: str) -> str:
         """A short hash of the named sections (all when none), for run tags and cache keys."""
-        chosen = self.sections(*names) if names else dataclasses.asdict(self)
+        chosen = self.sections(*(names or type(self).model_fields))
         blob = json.dumps(chosen, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return " | ".join(repr(v) for v in typing.get_args(tp))
-    if typing.get_origin(tp) in (list, tuple):
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-    elif isinstance(tp, types.UnionType) or origin is typing.Union:
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, where)
-            except ParamsError:
-                continue
-    elif origin in (list, tuple):
-        if isinstance(value, list):
-            return tuple(_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value))
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ParamsError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def _build(cls: type, raw: Any, where: str, source: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: '{where}' must be a mapping of keys, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ParamsError(
-            f"{source}: unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
-            f"'{where}' accepts: {', '.join(sorted(known))}"
-        )
-    values = {}
-    for name in raw:
-        tp = hints[name]
-        key = f"{where}.{name}"
-        if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, raw[name], key, source)
-        else:
-            try:
-                values[name] = _coerce(raw[name], tp, key)
-            except ParamsError as err:
-                raise ParamsError(f"{source}: {err}; fix the value in {source}") from None
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as err:
-        raise ParamsError(f"{source}: section '{where}': {err}; fix the value in {source}") from None
+SECTIONS = tuple(Params.model_fields)
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: the top level must be a mapping of sections")
-    hints = typing.get_type_hints(Params)
-    unknown = sorted(set(raw) - set(hints))
-    if unknown:
-        raise ParamsError(
-            f"{source}: unknown section(s) {', '.join(unknown)}; known sections: {', '.join(hints)}"
-        )
-    return Params(**{name: _build(hints[name], raw[name], name, source) for name in raw})
+    """Validate a parsed params mapping; any problem is one ParamsError naming the file."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.from_dict(raw)
+    except ConfigError as err:
+        raise ParamsError(f"{source}: {err}; fix it in {source}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """params.yaml as DVC reads it (ruamel, YAML 1.2: `1e-05` is a number, `on` a string)."""
+    return YAML(typ="safe").load(Path(path).read_text())
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
@@ -253,9 +226,10 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     if not path.is_file():
         raise ParamsError(f"{path}: not found; run from the repository root or pass --params PATH")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+        raw = read_yaml(path)
+    except YAMLError as err:
+        where = " ".join(str(err).split())
+        raise ParamsError(f"{path}: not valid YAML: {where}") from None
     params = parse_params(raw, source=str(path))
     check_dataset_root(params.data.source, params.data.root, params_file=str(path))
     return params

@@ -9,11 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from pipeline import servers, tracking
-from pipeline.params import load_params
+from pipeline.params import SECTIONS, load_params
 
 PREFECT_HOME = Path(".prefect")
 
@@ -26,15 +25,14 @@ def run_dvc_repro(dvc_args: list[str], params_path: str = "params.yaml", own_pre
     mlflow.set_experiment(params.tracking.experiment)
     tags = {"stage": "pipeline", "git_commit": tracking.git_commit(), "params_hash": params.digest()}
     with mlflow.start_run(run_name="pipeline", tags=tags) as parent:
-        mlflow.log_params(tracking.flatten(params.sections(*params.__dataclass_fields__)))
+        mlflow.log_params(tracking.flatten(params.sections(*SECTIONS)))
         env = {**os.environ, tracking.PARENT_RUN_ENV: parent.info.run_id}
         env.pop("MLFLOW_RUN_ID", None)
         with contextlib.ExitStack() as stack:
             if own_prefect_server and not env.get("PREFECT_API_URL"):
                 # a project-local home keeps the flow-run history and the server's log
                 env["PREFECT_API_URL"] = stack.enter_context(servers.prefect_server(PREFECT_HOME.resolve()))
-            dvc = Path(sys.executable).with_name("dvc")
-            code = subprocess.run([str(dvc) if dvc.exists() else "dvc", "repro", *dvc_args], env=env).returncode
+            code = subprocess.run([servers.tool_path("dvc"), "repro", *dvc_args], env=env).returncode
         mlflow.set_tag("data_version", tracking.data_version())
         metrics = Path("reports/metrics.json")
         if code == 0 and metrics.exists():

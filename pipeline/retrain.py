@@ -29,8 +29,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from pipeline import locks
-from pipeline.params import ParamsError, load_params
+from pipeline import locks, servers
+from pipeline.params import load_params
 from pipeline.stage import stage_task
 
 LOCK_PATH = locks.LOCK_DIR / "retrain.lock"
@@ -52,11 +52,6 @@ def exclusive(path: str | Path = LOCK_PATH) -> contextlib.AbstractContextManager
         f"another retrain is running (pid {holder}); this one is refused and changed "
         f"nothing. Wait for it to finish: the lock {path} frees itself when that process ends."),
         RetrainBusy)
-
-
-def _tool(name: str) -> str:
-    candidate = Path(sys.executable).with_name(name)
-    return str(candidate) if candidate.exists() else name
 
 
 def _use_this_environment() -> None:
@@ -98,7 +93,7 @@ def reproduce(params_path: str) -> dict[str, Any]:
 @stage_task(name="dvc-push")
 def push() -> dict[str, Any]:
     """`dvc push` every output to the default remote (.dvc/config, or .dvc/config.local)."""
-    proc = subprocess.run([_tool("dvc"), "push"], capture_output=True, text=True)
+    proc = subprocess.run([servers.tool_path("dvc"), "push"], capture_output=True, text=True)
     output = (proc.stdout + proc.stderr).strip()
     logger = get_run_logger()
     (logger.info if proc.returncode == 0 else logger.error)("dvc push: %s", output[-2000:] or "(no output)")
@@ -171,35 +166,18 @@ def retrain(params_path: str = "params.yaml", push_outputs: bool | None = None) 
     return outcome
 
 
-def _answers(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
-
-
 def serve(params_path: str = "params.yaml") -> int:
     """Serve `retrain/scheduled` on params.yaml's cron until interrupted (`python -m pipeline serve`)."""
-    from prefect.client.schemas.schedules import CronSchedule
     from prefect.types.entrypoint import EntrypointType
 
-    params = load_params(params_path)
-    try:
-        CronSchedule(cron=params.retrain.cron)
-    except ValueError as err:
-        detail = err.errors()[0]["msg"] if hasattr(err, "errors") else str(err)
-        raise ParamsError(f"{params_path}: retrain.cron {params.retrain.cron!r} is not a cron "
-                          f"expression ({detail}); fix the value in {params_path}") from None
+    params = load_params(params_path)  # retrain.cron is checked there
     url = api_url()
     how = ("run `prefect server start` in another shell, then "
            "`export PREFECT_API_URL=http://127.0.0.1:4200/api` (or `prefect config set PREFECT_API_URL=...`)")
     if not url:
         print(f"error: `python -m pipeline serve` needs a Prefect server: {how}", file=sys.stderr)
         return 2
-    if not _answers(url.rstrip("/") + "/health"):
+    if not servers.http_ok(url.rstrip("/") + "/health", timeout=5):
         print(f"error: no Prefect server answers at PREFECT_API_URL={url}: {how}", file=sys.stderr)
         return 2
     os.environ["PREFECT_API_URL"] = url  # the flow runs inherit it

@@ -23,18 +23,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """Whether ``url`` answers a GET with 200 within ``timeout`` seconds (a server's health check)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text()[-2000:] if log and log.exists() else ""
             raise RuntimeError(f"server exited with code {proc.returncode} before answering {url}:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
+        if http_ok(url):
+            return
+        time.sleep(0.5)
     raise TimeoutError(f"no answer from {url} after {timeout:.0f} s")
 
 
@@ -51,7 +57,8 @@ def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
         pass
 
 
-def _bin(name: str) -> str:
+def tool_path(name: str) -> str:
+    """The command ``name`` (dvc, mlflow, prefect) of this interpreter's environment, else from PATH."""
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
 
@@ -66,7 +73,7 @@ def prefect_server(home: Path, port: int | None = None, timeout: float = 90.0) -
     log = home / "server.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            [tool_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
     try:
@@ -83,7 +90,7 @@ def spawn_mlflow_server(store: Path, port: int | None = None, timeout: float = 9
     store.mkdir(parents=True, exist_ok=True)
     log = store / "server.log"
     cmd = [
-        _bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        tool_path("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
         "--artifacts-destination", str(store / "artifacts"), "--workers", "1",
     ]

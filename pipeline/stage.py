@@ -13,22 +13,34 @@ from prefect.cache_policies import NONE
 
 from pipeline import paths, tracking
 from pipeline.params import Params
-
+from psta.data.registry import DatasetSpec, get_dataset
+from psta.errors import DatasetError
 
 # Stage tasks pass large in-memory tables between them; hashing those for Prefect's input cache
 # would cost more than the work, and DVC already decides what needs to rerun.
 stage_task = functools.partial(task, cache_policy=NONE)
 
 
+def dataset_of(params: Params) -> DatasetSpec:
+    """The registered dataset whose layout the readers see (videos are cut into MARS)."""
+    source = params.data.source
+    return get_dataset({"synthetic": params.synthetic.layout, "videos": "mars"}.get(source, source))
+
+
 @contextlib.contextmanager
 def stage_run(name: str, params: Params, sections: tuple[str, ...]) -> Iterator[Any]:
-    """The stage's MLflow run, logging the params sections it reads."""
+    """The stage's MLflow run, logging the params sections it reads; on a dataset with several
+    published splits (iLIDS-VID, PRID-2011) it is tagged ``data_split`` with the one used."""
+    import mlflow
+
     with tracking.stage_run(
         name,
         params.sections(*sections),
         experiment=params.tracking.experiment,
         params_hash=params.digest(*sections),
     ) as run:
+        if dataset_of(params).num_splits > 1:
+            mlflow.set_tag("data_split", str(params.data.split))
         yield run
 
 
@@ -63,3 +75,12 @@ def sweep_stage_temps(stage: str) -> None:
 
 def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def read_dataset_info() -> dict[str, Any]:
+    """What ingest recorded about the dataset (source, layout, root), or one clear error."""
+    try:
+        return read_json(paths.DATASET_INFO)
+    except (OSError, ValueError):
+        raise DatasetError(f"{paths.DATASET_INFO} is missing or unreadable; run the ingest stage first "
+                           "(`python -m pipeline ingest`)") from None

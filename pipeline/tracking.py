@@ -23,12 +23,13 @@ import re
 import subprocess
 import sys
 import urllib.parse
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+
+from pipeline import servers
 
 LOCAL_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_RUN_ENV = "PSTA_PARENT_RUN_ID"
@@ -61,7 +62,7 @@ def without_credentials(uri: str) -> str:
 def tracking_uri() -> str:
     """The configured tracking URI, or the local store when a remote server does not answer."""
     uri = without_credentials(os.environ.get("MLFLOW_TRACKING_URI", LOCAL_TRACKING_URI))
-    if uri.startswith(("http://", "https://")) and not _server_answers(uri):
+    if uri.startswith(("http://", "https://")) and not servers.http_ok(uri.rstrip("/") + "/health", timeout=3):
         warnings.warn(
             f"MLflow tracking server {uri} is unreachable; logging to {LOCAL_TRACKING_URI} "
             "instead (start the server, or unset MLFLOW_TRACKING_URI)",
@@ -70,14 +71,6 @@ def tracking_uri() -> str:
         )
         return LOCAL_TRACKING_URI
     return uri
-
-
-def _server_answers(uri: str, timeout: float = 3.0) -> bool:
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
 
 
 def git_commit() -> str:

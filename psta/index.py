@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from psta.atomic import atomic_dir, atomic_path
-from psta.data.raw import SPLITS, RawTracklets, make_tracklet_frame
+from psta.data.raw import ALL_SPLITS, SPLITS, RawTracklets, make_tracklet_frame
 from psta.errors import DatasetError
 
 __all__ = [
@@ -85,7 +85,7 @@ MANIFEST_SCHEMA = pa.schema([
 ])
 
 INDEX_FILES = ("tracklets.parquet", "frames.parquet", "stats.json")
-_SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}
+_SPLIT_CODE = {s: i for i, s in enumerate(ALL_SPLITS)}
 
 
 @dataclass
@@ -132,8 +132,9 @@ def build_index(raw: RawTracklets, ok_mask: np.ndarray | None = None) -> Trackle
 
     Drops junk tracklets (counted), drops frames with ``ok_mask == False`` (counted; a tracklet
     left with no frame is dropped and counted), orders tracklets train -> query -> gallery
-    (source order within a split), relabels train pids to 0..K-1 in pid order and computes
-    ``stats``. ``ok_mask`` defaults to ``raw.ok`` (set by :func:`read_manifest`), else all True.
+    (-> val, when the dataset has a validation list; source order within a split), relabels
+    train pids to 0..K-1 in pid order and computes ``stats`` (plus the reader's ``raw.meta``).
+    ``ok_mask`` defaults to ``raw.ok`` (set by :func:`read_manifest`), else all True.
     """
     raw.validate()
     t = raw.tracklets
@@ -144,11 +145,11 @@ def build_index(raw: RawTracklets, ok_mask: np.ndarray | None = None) -> Trackle
         raise DatasetError(f"ok_mask has shape {ok.shape}; expected ({n_fr},), one flag per frame")
 
     split_s = t["split"].to_numpy(dtype=object)
-    unknown = ~np.isin(split_s, SPLITS)
+    unknown = ~np.isin(split_s, ALL_SPLITS)
     if unknown.any():
         raise DatasetError(f"tracklet {t['name'].iat[int(np.flatnonzero(unknown)[0])]} has split "
-                           f"{split_s[unknown][0]!r}; expected one of {SPLITS}")
-    code = np.select([split_s == s for s in SPLITS], range(len(SPLITS)), -1).astype(np.int64)
+                           f"{split_s[unknown][0]!r}; expected one of {ALL_SPLITS}")
+    code = np.select([split_s == s for s in ALL_SPLITS], range(len(ALL_SPLITS)), -1).astype(np.int64)
     pid = t["pid"].to_numpy(np.int64)
     junk = t["junk"].to_numpy(bool)
     dis = t["distractor"].to_numpy(bool)
@@ -191,7 +192,7 @@ def build_index(raw: RawTracklets, ok_mask: np.ndarray | None = None) -> Trackle
     label = np.where(tcode == 0, np.searchsorted(train_pids, tpid), -1).astype(np.int64)
     tracklets = pa.table({
         "tracklet_id": pa.array(np.arange(m, dtype=np.int64)),
-        "split": pa.array(np.asarray(SPLITS, dtype=object)[tcode], pa.string()),
+        "split": pa.array(np.asarray(ALL_SPLITS, dtype=object)[tcode], pa.string()),
         "pid": pa.array(tpid),
         "label": pa.array(label),
         "camid": pa.array(t["camid"].to_numpy(np.int64)[sel]),
@@ -207,7 +208,8 @@ def build_index(raw: RawTracklets, ok_mask: np.ndarray | None = None) -> Trackle
         "schema_version": SCHEMA_VERSION,
         "dataset": raw.dataset,
         "root": None if raw.root is None else str(raw.root),
-        "splits": {s: _split_counts(tpid[tcode == i], n_frames[tcode == i]) for i, s in enumerate(SPLITS)},
+        "splits": {s: _split_counts(tpid[tcode == i], n_frames[tcode == i]) for i, s in enumerate(ALL_SPLITS)
+                   if s in SPLITS or (tcode == i).any()},
         "num_classes": int(len(train_pids)),
         "num_cameras": int(len(np.unique(t["camid"].to_numpy()[sel]))),
         "tracklets": int(m),
@@ -221,6 +223,10 @@ def build_index(raw: RawTracklets, ok_mask: np.ndarray | None = None) -> Trackle
         "tracklet_length": {"min": int(n_frames.min()), "max": int(n_frames.max()),
                             "mean": round(float(n_frames.mean()), 3)},
     }
+    clash = sorted(set(raw.meta) & set(stats))
+    if clash:
+        raise DatasetError(f"reader facts {clash} would overwrite the index's own statistics")
+    stats.update(raw.meta)
     return TrackletIndex(tracklets=_to_pandas(tracklets), frames=_to_pandas(frames), stats=stats,
                          root=raw.root)
 
@@ -326,8 +332,8 @@ def read_index(index_dir: str | os.PathLike) -> TrackletIndex:
     if not isinstance(stats, dict):
         raise DatasetError(f"{sp} must hold a JSON object; rebuild the index")
     split = tracklets.column("split").to_numpy(zero_copy_only=False)
-    if not np.isin(split, SPLITS).all():
-        raise DatasetError(f"{d / 'tracklets.parquet'}: column 'split' holds values other than {SPLITS}")
+    if not np.isin(split, ALL_SPLITS).all():
+        raise DatasetError(f"{d / 'tracklets.parquet'}: column 'split' holds values other than {ALL_SPLITS}")
     root = stats.get("root")
     return TrackletIndex(tracklets=_to_pandas(tracklets), frames=_to_pandas(frames), stats=stats,
                          root=Path(root) if root else None)
@@ -340,7 +346,8 @@ def write_manifest(raw: RawTracklets, ok_mask: np.ndarray | None, path: str | os
     """Write the ingest manifest: one row per frame file (:data:`MANIFEST_SCHEMA`), atomically.
 
     Tracklet-level fields are repeated on each of its frames; ``ok`` is ``ok_mask`` (all True
-    if ``None``). The dataset name and root go in the Parquet schema metadata.
+    if ``None``). The dataset name, root and the reader's ``meta`` (JSON) go in the Parquet
+    schema metadata.
     """
     raw.validate()
     path = Path(path)
@@ -371,7 +378,8 @@ def write_manifest(raw: RawTracklets, ok_mask: np.ndarray | None, path: str | os
         "ok": pa.array(ok),
     }, schema=MANIFEST_SCHEMA)
     meta = {b"psta.manifest": str(SCHEMA_VERSION).encode(), b"psta.dataset": raw.dataset.encode(),
-            b"psta.root": ("" if raw.root is None else str(raw.root)).encode()}
+            b"psta.root": ("" if raw.root is None else str(raw.root)).encode(),
+            b"psta.meta": json.dumps(raw.meta, sort_keys=True).encode()}
     table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
@@ -411,15 +419,19 @@ def read_manifest(path: str | os.PathLike) -> RawTracklets:
     return RawTracklets(dataset=meta.get(b"psta.dataset", b"unknown").decode(),
                         root=Path(root) if root else None, tracklets=df,
                         paths=table.column("path").combine_chunks(),
-                        ok=table.column("ok").to_numpy(zero_copy_only=False))
+                        ok=table.column("ok").to_numpy(zero_copy_only=False),
+                        meta=json.loads(meta.get(b"psta.meta", b"{}")))
 
 
 # --------------------------------------------------------------------------------------------
 # the two stages as library calls
 # --------------------------------------------------------------------------------------------
 def ingest(dataset: str, root: str | os.PathLike, manifest_path: str | os.PathLike,
-           on_bad_frame: str = "error", *, decode: bool = True, workers: int | None = None) -> dict:
+           on_bad_frame: str = "error", *, decode: bool = True, workers: int | None = None,
+           **options) -> dict:
     """Read the raw dataset, check every frame, write the manifest. Returns a summary.
+
+    ``options`` go to the dataset's reader (``split``, ``split_file``, ``split_seed``).
 
     With ``on_bad_frame="error"`` the first bad frame raises :class:`DatasetError` and nothing
     is written; with ``"skip"`` bad frames are flagged ``ok = False`` in the manifest and the
@@ -427,13 +439,13 @@ def ingest(dataset: str, root: str | os.PathLike, manifest_path: str | os.PathLi
     """
     from psta.data import check_frames, read_dataset
 
-    raw = read_dataset(dataset, root)
+    raw = read_dataset(dataset, root, **options)
     ok, bad, _ = check_frames(root, raw.paths, on_bad_frame, decode=decode, workers=workers)
     write_manifest(raw, ok, manifest_path)
     t = raw.tracklets
     return {"dataset": dataset, "tracklets": len(t), "frames": raw.num_frames,
             "junk_tracklets": int(t["junk"].sum()), "bad_frames": len(bad),
-            "bad_examples": [f"{p}: {why}" for p, why in bad[:20]]}
+            "bad_examples": [f"{p}: {why}" for p, why in bad[:20]], "split": raw.meta.get("split")}
 
 
 def index_from_manifest(manifest_path: str | os.PathLike, out_dir: str | os.PathLike) -> TrackletIndex:

@@ -171,7 +171,8 @@ def test_flipped_bytes_in_a_shard_fail_the_read_that_meets_them(data, fmt, tmp_p
     damaged = bytearray(path.read_bytes())
     damaged[len(damaged) // 2] ^= 0x10  # one bit, mid-frame: decodes fine, pixels change
     path.write_bytes(bytes(damaged))
-    with pytest.raises(CacheError, match=rf"{shard['file']} is damaged: frame row \d+ fails its CRC-32C check.*rebuild"):
+    damaged_row = rf"{shard['file']} is damaged: frame row \d+ fails its CRC-32C check.*rebuild"
+    with pytest.raises(CacheError, match=damaged_row):
         FrameCache(out).read_rows(rows)
     # the per-frame check is what catches it: unchecked, the damage would be read silently
     unchecked = FrameCache(out, check_reads=False).read_rows(rows)

@@ -80,7 +80,7 @@ def test_config_defaults_are_the_paper_recipe():
 def test_config_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kw)
-    with pytest.raises(ValueError, match="unknown TrainConfig key"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) TrainConfig.learning_rate"):
         TrainConfig.from_dict({"learning_rate": 1.0})
 
 

@@ -51,17 +51,17 @@ def duke_copy(duke_src, tmp_path):
     return root
 
 
-def run_stages(dataset: str, root: Path, out: Path, on_bad_frame: str = "error"):
-    """What the pipeline's ingest and index stages do."""
+def run_stages(dataset: str, root: Path, out: Path, on_bad_frame: str = "error", **options):
+    """What the pipeline's ingest and index stages do (``options``: the reader's, e.g. split)."""
     manifest = out / "ingest" / "manifest.parquet"
-    summary = ingest(dataset, root, manifest, on_bad_frame)
+    summary = ingest(dataset, root, manifest, on_bad_frame, **options)
     index_from_manifest(manifest, out / "index")
     return summary, read_index(out / "index")
 
 
-def assert_fails_cleanly(dataset: str, root: Path, out: Path, *patterns: str, on_bad_frame="error"):
+def assert_fails_cleanly(dataset: str, root: Path, out: Path, *patterns: str, on_bad_frame="error", **options):
     with pytest.raises(DatasetError) as err:
-        run_stages(dataset, root, out, on_bad_frame)
+        run_stages(dataset, root, out, on_bad_frame, **options)
     msg = str(err.value)
     for p in patterns:
         assert re.search(p, msg), f"{p!r} not in: {msg}"

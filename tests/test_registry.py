@@ -42,7 +42,8 @@ def registry_snapshot():
 
 
 def test_the_builtin_datasets_and_what_params_accept():
-    assert dataset_names() == ("mars", "duke") and synthetic_layouts() == ("mars", "duke")
+    every = ("mars", "duke", "ilidsvid", "prid", "lsvid")
+    assert dataset_names() == every and synthetic_layouts() == every
     mars, duke = get_dataset("mars"), get_dataset("duke")
     assert mars.protocol_names == ("mars_official", "mars_torchreid") and mars.test_sampling == "begin"
     assert duke.protocol_names == ("duke",) and duke.test_sampling == "dense"
@@ -51,11 +52,15 @@ def test_the_builtin_datasets_and_what_params_accept():
         assert spec.test_sampling in SAMPLINGS
         assert {p.name for p in spec.protocols} <= set(PROTOCOLS)
     assert parse_params({"data": {"source": "duke"}, "synthetic": {"layout": "duke"}}).data.source == "duke"
-    with pytest.raises(ParamsError, match="synthetic.layout: expected 'mars' | 'duke', got str 'lsvid'"):
-        parse_params({"synthetic": {"layout": "lsvid"}})
+    assert [get_dataset(n).num_splits for n in every] == [1, 1, 10, 10, 1]
+    assert get_dataset("lsvid").protocol_names == ("lsvid", "lsvid_gallery_only")
+    assert get_dataset("ilidsvid").paper.rank1 == 91.5 and get_dataset("ilidsvid").paper.mAP is None
+    with pytest.raises(ParamsError, match="synthetic.layout: expected 'mars' | 'duke' | 'ilidsvid' | "
+                                          "'prid' | 'lsvid', got str 'market'"):
+        parse_params({"synthetic": {"layout": "market"}})
 
 
-@pytest.mark.parametrize("name", ["mars", "duke"])
+@pytest.mark.parametrize("name", ["mars", "duke", "ilidsvid", "prid", "lsvid"])
 def test_each_dataset_reads_what_its_writer_planted_and_evaluates(name, tmp_path):
     spec = get_dataset(name)
     planted = spec.synthetic(tmp_path / name, TINY)
@@ -63,7 +68,7 @@ def test_each_dataset_reads_what_its_writer_planted_and_evaluates(name, tmp_path
     assert index.stats["dataset"] == name
     for split in ("train", "query", "gallery"):
         assert (index.tracklets.split == split).sum() == planted["splits"][split]["tracklets"]
-    test = index.tracklets[index.tracklets.split != "train"].reset_index(drop=True)
+    test = index.tracklets[index.tracklets.split.isin(["query", "gallery"])].reset_index(drop=True)
     features = np.random.default_rng(0).normal(size=(len(test), 8))
     for protocol in spec.protocols:
         result = evaluate_protocol(protocol.name, features, test, max_rank=5)
@@ -74,7 +79,7 @@ def test_each_dataset_reads_what_its_writer_planted_and_evaluates(name, tmp_path
 
 def test_unknown_dataset_is_one_error_naming_the_key():
     with pytest.raises(DatasetError, match=r"unknown dataset 'market'; data.source must be one of "
-                                           r"\['mars', 'duke'\]"):
+                                           r"\['mars', 'duke', 'ilidsvid', 'prid', 'lsvid'\]"):
         read_dataset("market", "anywhere")
 
 
@@ -113,3 +118,23 @@ def test_one_registry_entry_is_all_a_new_dataset_needs(registry_snapshot, tmp_pa
             name="other", title="Other", reader=read_mars, synthetic=None,
             protocols=(Protocol("copy_all", False, "different"),), headline_protocol="copy_all",
             test_sampling="begin", paper=None, split_scheme="fixed"))
+
+
+def test_data_split_is_range_checked_and_refused_for_fixed_split_datasets(tmp_path):
+    assert parse_params({"data": {"split": 9}}).data.split == 9
+    with pytest.raises(ParamsError, match=r"data.split: expected int in \[0, 9\], got int 10"):
+        parse_params({"data": {"split": 10}})
+    with pytest.raises(DatasetError, match=r"data.split=3, but MARS has one fixed train/test split; set "
+                                           r"data.split: 0"):
+        read_dataset("mars", tmp_path, split=3)
+
+
+@pytest.mark.parametrize("name", ["mars", "duke", "ilidsvid", "prid", "lsvid"])
+def test_each_paper_config_is_a_valid_params_file_for_its_dataset(name):
+    from pipeline.params import load_params
+    from tests.conftest import REPO
+
+    params = load_params(REPO / "configs" / f"paper_{name}.yaml")
+    assert params.data.source == name and params.model.backbone == "resnet50" and params.model.seq_len == 8
+    assert (params.train.epochs, params.train.lr, params.train.batch_size) == (500, 0.00035, 32)
+    assert params.evaluate.sampling == get_dataset(name).test_sampling

@@ -20,7 +20,7 @@ import yaml
 
 from pipeline.servers import free_port, mlflow_server, spawn_mlflow_server, stop_group
 from tests.conftest import TINY_PARAMS
-from tests.test_orchestration import Project, copy_project, make_project, run, sha256, tool_env
+from tests.test_orchestration import Project, copy_project, make_project, sha256, tool_env
 
 # real pipeline executions; the module's first test also pays for the shared one
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -175,7 +175,8 @@ def test_a_code_change_retrains_from_scratch_and_publishes_new_weights(project, 
     latest = max(mlflow_runs(copy, "train"), key=lambda r: r.info.start_time)
     import mlflow
 
-    history = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}").get_metric_history(latest.info.run_id, "loss_total")
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    history = client.get_metric_history(latest.info.run_id, "loss_total")
     assert [m.step for m in history] == [0]
 
 
@@ -317,8 +318,8 @@ def test_no_credential_of_the_tracking_uri_is_shown_or_stored(project, tmp_path,
     assert {r.data.tags["stage"] for r in runs} == {"report", "pipeline"}
     for proc in (report, retrain):
         assert "s3cret" not in proc.stdout + proc.stderr
-    for run in runs:
-        assert "s3cret" not in json.dumps([run.data.tags, run.data.params])
+    for run_ in runs:
+        assert "s3cret" not in json.dumps([run_.data.tags, run_.data.params])
     from tests.test_orchestration import get_json
 
     artifacts = get_json(f"{prefect_api}/artifacts/filter", {"artifacts": {"key": {"any_": ["retrain-outcome"]}}})

@@ -1,13 +1,11 @@
 """cache: the indexed frames -> a frame store at the model's input size, built for clip reads."""
 from __future__ import annotations
 
-import json
-
 from prefect import flow
 
 from pipeline import paths
 from pipeline.params import load_params
-from pipeline.stage import log_numbers, stage_run, stage_task
+from pipeline.stage import log_numbers, read_dataset_info, stage_run, stage_task
 
 
 @stage_task(retries=1)
@@ -27,7 +25,7 @@ def build(params, root):
 @flow(name="cache")
 def cache(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
-    root = json.loads(paths.DATASET_INFO.read_text())["root"]
+    root = read_dataset_info()["root"]
     with stage_run("cache", params, ("cache", "model")):
         stats = build(params, root)
         log_numbers(stats)

@@ -1,8 +1,6 @@
 """evaluate: embeddings of the test tracklets -> CMC / mAP / mINP under the dataset's protocols."""
 from __future__ import annotations
 
-import json
-
 import torch
 from prefect import flow
 
@@ -59,7 +57,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         dataset = index.stats["dataset"]
         protocols = get_dataset(dataset).protocol_names
         sampling = sampling_for(params, dataset)
-        test = index.tracklets[index.tracklets["split"] != "train"].reset_index(drop=True)
+        test = index.tracklets[index.tracklets["split"].isin(["query", "gallery"])].reset_index(drop=True)
         cache = FrameCache(paths.CACHE)
         cache.check_tracklets(index.tracklets)
         check_digest(paths.MODELS / "model.pt", required=True, fix=MODEL_FIX)
@@ -73,7 +71,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
             untrained = score(params, embed(params, fresh, test, cache, sampling), test, protocols)
         summary = write_eval_outputs(
             paths.EVAL, test, features, results, untrained, dataset=dataset, sampling=sampling,
-            metric=params.evaluate.metric, rerank=params.evaluate.rerank,
+            metric=params.evaluate.metric, rerank=params.evaluate.rerank, split=index.stats.get("split"),
         )
         metrics = write_metrics(summary, METRICS_JSON, CMC_CSV)
         log_numbers(metrics)

@@ -19,9 +19,12 @@ from prefect import flow
 
 from pipeline import paths
 from pipeline.params import Params, load_params
-from pipeline.stage import log_files, log_numbers, stage_run, stage_task
+from pipeline.stage import dataset_of, log_files, log_numbers, stage_run, stage_task
 from psta.atomic import atomic_dir, atomic_path
-from psta.data.registry import DatasetSpec, dataset_names, get_dataset
+from psta.data.registry import DatasetSpec, dataset_names
+
+__all__ = ["dataset_of", "dataset_root", "ingest"]
+SPLITS_JSON = paths.INGEST / "splits.json"
 
 SOURCE_NOTE = "SOURCE.json"  # for a user's dataset: where the copy read in place is
 
@@ -43,12 +46,6 @@ def drop_other_generated(keep: Path | None) -> None:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def dataset_of(params: Params) -> DatasetSpec:
-    """The registered dataset whose layout the readers see (videos are cut into MARS)."""
-    source = params.data.source
-    return get_dataset({"synthetic": params.synthetic.layout, "videos": "mars"}.get(source, source))
-
-
 @stage_task
 def generate_synthetic(params: Params, spec: DatasetSpec, root: Path) -> dict:
     return spec.synthetic(root, params.synthetic.config())
@@ -62,8 +59,9 @@ def tracklets_from_videos(params: Params, out_root: Path) -> dict:
 
 
 @stage_task
-def read_raw(spec: DatasetSpec, root: Path):
-    return spec.reader(root)
+def read_raw(spec: DatasetSpec, root: Path, params: Params):
+    d = params.data
+    return spec.read(root, split=d.split, split_file=d.split_file, split_seed=d.split_seed)
 
 
 # the size every frame of a release has (Duke's crops vary); for generated trees, the size written
@@ -101,16 +99,17 @@ def ingest(params_path: str = "params.yaml") -> dict:
     root = dataset_root(params)
     spec = dataset_of(params)
     sections = {"synthetic": ("data", "synthetic"), "videos": ("data", "videos")}.get(params.data.source, ("data",))
+    spec.check_split(params.data.split)
     with stage_run("ingest", params, sections):
         planted = None
         if params.data.source == "synthetic":
             planted = generate_synthetic(params, spec, root)
         elif params.data.source == "videos":
             planted = tracklets_from_videos(params, root)
-        raw = read_raw(spec, root)
+        raw = read_raw(spec, root, params)
         ok_mask, bad, off_size = check_frames(root, raw, params, frame_size(params, spec))
         info = {"source": params.data.source, "layout": spec.name, "root": str(root),
-                "split": spec.split_scheme}
+                "split": spec.split_scheme, "chosen_split": raw.meta.get("split")}
         stats = {
             **info,
             "tracklets": len(raw.tracklets),
@@ -126,6 +125,8 @@ def ingest(params_path: str = "params.yaml") -> dict:
             write_manifest(raw, ok_mask, out / paths.MANIFEST.name)
             (out / paths.DATASET_INFO.name).write_text(json.dumps(info, indent=2) + "\n")
             (out / paths.INGEST_STATS.name).write_text(json.dumps(stats, indent=2) + "\n")
+            if raw.generated_splits is not None:   # drawn splits: recorded with the outputs, never in the dataset
+                (out / SPLITS_JSON.name).write_text(json.dumps(raw.generated_splits, indent=1) + "\n")
         if params.data.source in dataset_names():
             # the user's copy is read in place; the output only notes where it is
             drop_other_generated(None)

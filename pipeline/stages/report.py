@@ -1,13 +1,11 @@
 """report: a self-contained HTML report (and a Markdown twin) of the data, training and results."""
 from __future__ import annotations
 
-import json
-
 from prefect import flow
 
 from pipeline import paths
 from pipeline.params import load_params
-from pipeline.stage import log_files, stage_run, stage_task
+from pipeline.stage import log_files, read_dataset_info, stage_run, stage_task
 from pipeline.stages.evaluate import METRICS_JSON
 from pipeline.stages.train import HISTORY_CSV
 
@@ -19,7 +17,7 @@ REPORT_MD = paths.REPORTS / "report.md"
 def render(num_examples: int) -> dict:
     from psta.report import build_report
 
-    source = json.loads(paths.DATASET_INFO.read_text())["source"]
+    source = read_dataset_info()["source"]
     return build_report(paths.EVAL, paths.INDEX, paths.CACHE, HISTORY_CSV, METRICS_JSON,
                         REPORT_HTML, REPORT_MD, num_examples=num_examples, data_source=source)
 

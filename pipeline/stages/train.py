@@ -14,14 +14,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 from prefect import flow
 
 from pipeline import paths
 from pipeline.dvcfile import deps_digest
-from pipeline.params import Params, load_params
+from pipeline.params import Params, ParamsError, load_params
 from pipeline.stage import log_files, log_numbers, stage_run
 from psta.atomic import atomic_dir, atomic_path
 
@@ -71,12 +73,30 @@ def run_training(params: Params, on_epoch_end=None):
         transform=build_train_transform(m.height, m.width, params.augment.flip_p, params.augment.erase_p),
     )
     evaluate = None
-    if params.train.val_fraction > 0 or params.train.val_ids:
+    val_rows = index.tracklets[index.tracklets["split"] == "val"]
+    if len(val_rows):       # the dataset's own validation identities (LS-VID's val list)
+        heldout = TestClips(val_rows, cache, seq_len=m.seq_len, transform=build_test_transform(m.height, m.width))
+        validate = HeldoutEvaluator(heldout, batch_size=params.train.batch_size, precision=params.train.precision)
+        evaluate = lambda model, _train_held_out: validate(model, np.arange(len(val_rows)))  # noqa: E731
+    elif params.train.val_fraction > 0 or params.train.val_ids:
         heldout = TestClips(rows, cache, seq_len=m.seq_len, transform=build_test_transform(m.height, m.width))
         evaluate = HeldoutEvaluator(heldout, batch_size=params.train.batch_size, precision=params.train.precision)
     out_dir = TRAIN_STATE / run_key(params)
     config = never_resume_finished(params.train, out_dir, env_dist_info().rank)
     return train(config, model, train_set, out_dir, evaluate=evaluate, on_epoch_end=on_epoch_end)
+
+
+def check_validation(params: Params) -> None:
+    """A dataset with its own validation list validates on it: holding training identities out
+    as well (train.val_fraction / val_ids) is refused before any work."""
+    stats = json.loads((paths.INDEX / "stats.json").read_text()) if (paths.INDEX / "stats.json").is_file() else {}
+    val = (stats.get("splits") or {}).get("val")
+    if val and (params.train.val_fraction > 0 or params.train.val_ids):
+        raise ParamsError(
+            f"train.val_fraction={params.train.val_fraction} / train.val_ids={list(params.train.val_ids)}: "
+            f"{stats.get('dataset')} brings its own validation list ({val['identities']} identities, "
+            f"{val['tracklets']} tracklets: the index's 'val' split), which validation uses every "
+            f"train.eval_every epochs; set train.val_fraction: 0 and train.val_ids: [] in params.yaml")
 
 
 def write_history_csv(history: list[dict]) -> None:
@@ -115,11 +135,9 @@ def train_flow(params_path: str = "params.yaml") -> dict:
 
 def flow_entry(params_path: str) -> dict:
     from psta.engine import env_dist_info
-    from psta.model import check_pretrained
 
-    params = load_params(params_path)
-    check_pretrained(params.model.pretrained, params.model.backbone)  # offline: fail before any work
-
+    params = load_params(params_path)  # `python -m pipeline` also ran pipeline.preflight
+    check_validation(params)           # a dataset's own val list and a second holdout: refused
     if env_dist_info().rank != 0:
         # torchrun's other ranks train in lock-step; rank 0 alone runs the flow and writes
         return {"rank": env_dist_info().rank, "result": run_training(params).epochs_completed}

@@ -1,4 +1,5 @@
-"""Datasets: the registry, readers for MARS and DukeMTMC-VideoReID, frame validation, synthetic data.
+"""Datasets: the registry, readers for MARS, DukeMTMC-VideoReID, iLIDS-VID, PRID-2011 and LS-VID,
+frame validation, synthetic data.
 
 Readers return :class:`RawTracklets` (tracklet metadata plus frame paths relative to the
 dataset root, read without opening a JPEG); :func:`psta.index.build_index` turns that into the
@@ -19,9 +20,10 @@ from psta.data.synthetic import SyntheticConfig, generate_duke, generate_mars, w
 from psta.errors import DatasetError
 
 
-def read_dataset(name: str, root: str | os.PathLike) -> RawTracklets:
-    """Read the registered dataset ``name`` (``"mars"``, ``"duke"``, ...) from ``root``."""
-    return get_dataset(name).reader(root)
+def read_dataset(name: str, root: str | os.PathLike, **options) -> RawTracklets:
+    """Read the registered dataset ``name`` (``"mars"``, ``"duke"``, ``"ilidsvid"``, ...) from
+    ``root``; ``options`` are params.yaml's ``data`` keys its reader takes (``split``, ...)."""
+    return get_dataset(name).read(root, **options)
 
 
 __all__ = [

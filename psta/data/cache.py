@@ -62,6 +62,7 @@ from torchvision.transforms.v2 import functional as F
 from tqdm.auto import tqdm
 
 from psta.atomic import atomic_dir
+from psta.errors import UserError
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec (not a dependency
 # here); they still work, and warning on every frame would drown the logs.
@@ -79,7 +80,7 @@ _CHUNK = 64          # frames per build work item
 _HASH_BLOCK = 8 << 20
 
 
-class CacheError(ValueError):
+class CacheError(UserError, ValueError):
     """A frame cache is missing, corrupt, truncated, of another version, or from another index."""
 
 

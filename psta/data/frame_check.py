@@ -1,17 +1,20 @@
-"""Frame validation: every JPEG exists, is non-empty and decodes.
+"""Frame validation: every frame file (JPEG, or PNG for iLIDS-VID / PRID-2011) exists, is
+non-empty and decodes.
 
-Checks per file, cheapest first: it exists and can be read; it is not empty; it starts with the
-JPEG SOI marker and ends with EOI (trailing zero padding allowed); its header parses up to a
-frame header (SOF) with a non-zero size before the scan starts; and, with ``decode=True`` (the
-default), libjpeg-turbo (simplejpeg, strict) decodes the whole scan at 1/8 scale (every
+Checks per file, cheapest first: it exists and can be read; it is not empty. A JPEG must start
+with the SOI marker and end with EOI (trailing zero padding allowed), and its header must parse
+up to a frame header (SOF) with a non-zero size before the scan starts; with ``decode=True``
+(the default), libjpeg-turbo (simplejpeg, strict) decodes the whole scan at 1/8 scale (every
 compressed block is still decoded, only the inverse DCT is cheaper) and any decoder warning
 ("Corrupt JPEG data: premature end of data segment", ...) fails the frame, as ``jpeginfo -c``
-does: a damaged scan would otherwise decode to grey or garbage rows. A frame whose size is not
-the dataset's is counted (or, with ``strict_size``, bad). The work is spread over a few threads
-(file reads and libjpeg release the GIL).
+does: a damaged scan would otherwise decode to grey or garbage rows. A ``.png`` must start with
+the PNG signature and an IHDR chunk of non-zero size and end with the IEND chunk, and PIL
+decodes it. A frame whose size is not the dataset's is counted (or, with ``strict_size``, bad).
+The work is spread over a few threads (file reads, libjpeg and zlib release the GIL).
 """
 from __future__ import annotations
 
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,10 +23,11 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 import pyarrow as pa
 import simplejpeg
+from PIL import Image
 
 from psta.errors import DatasetError
 
-__all__ = ["check_frames", "check_jpeg_bytes", "FrameCheck", "ON_BAD_FRAME"]
+__all__ = ["check_frames", "check_jpeg_bytes", "check_png_bytes", "FrameCheck", "ON_BAD_FRAME"]
 
 ON_BAD_FRAME = ("error", "skip")
 
@@ -90,6 +94,37 @@ def _header_problem(data: bytes) -> str | tuple[int, int]:
         i += 2 + seg
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def check_png_bytes(data: bytes, decode: bool = True) -> str | None:
+    """Why ``data`` is not a usable PNG, or ``None`` if it is."""
+    return _inspect_png(data, decode)[0]
+
+
+def _inspect_png(data: bytes, decode: bool) -> tuple[str | None, tuple[int, int] | None]:
+    """(why it is bad or None, (height, width) from its IHDR chunk when it has one)."""
+    if not data:
+        return "empty file (0 bytes)", None
+    if not data.startswith(_PNG_SIGNATURE):
+        return "not a PNG (no PNG signature at the start)", None
+    if data[12:16] != b"IHDR" or len(data) < 33:
+        return "corrupt PNG header (no IHDR chunk first)", None
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if w == 0 or h == 0:
+        return f"PNG header gives size {w}x{h}", None
+    if not data.endswith(_PNG_END):
+        return "truncated PNG (no IEND chunk at the end)", None
+    if decode:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error...
+            return f"does not decode ({type(e).__name__}: {e})", (h, w)
+    return None, (h, w)
+
+
 def _check_file(full: str, decode: bool) -> tuple[str | None, tuple[int, int] | None]:
     try:
         with open(full, "rb") as f:
@@ -100,6 +135,8 @@ def _check_file(full: str, decode: bool) -> tuple[str | None, tuple[int, int] | 
         return "is a directory, not a file", None
     except OSError as e:
         return f"unreadable ({e.strerror or e})", None
+    if full.lower().endswith(".png"):
+        return _inspect_png(data, decode)
     return _inspect(data, decode)
 
 
@@ -115,7 +152,7 @@ def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
                  decode: bool = True, workers: int | None = None,
                  chunk: int = 4096, frame_size: tuple[int, int] | None = None,
                  strict_size: bool = False) -> FrameCheck:
-    """Validate the JPEGs ``root/p`` for every ``p`` in ``paths``.
+    """Validate the frame files (JPEG, or PNG by their ``.png`` name) ``root/p`` for every ``p`` in ``paths``.
 
     Args:
         root: dataset root the paths are relative to.

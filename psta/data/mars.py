@@ -27,7 +27,7 @@ from psta.data.mars_layout import (
 from psta.data.raw import RawTracklets, make_tracklet_frame
 from psta.errors import DatasetError
 
-__all__ = ["read_mars"]
+__all__ = ["mat_integers", "read_mars", "read_mat_variable"]
 
 
 def _fail_missing_root(root: Path, what: str) -> None:
@@ -93,8 +93,12 @@ class NameLines:
         return mat, len_ok
 
 
-def read_mat_variable(path: Path, variable: str, rel: str) -> np.ndarray:
-    """Load ``variable`` from a .mat file as int64, accepting integer and floating arrays."""
+def read_mat_variable(path: Path, variable: str, rel: str,
+                      release: str = "the MARS release (info/ of the MARS-evaluation code)") -> np.ndarray:
+    """Load ``variable`` from a .mat file as int64, accepting integer and floating arrays.
+
+    ``release`` says where a good copy of the file comes from (named in the error messages).
+    """
     try:
         mat = scipy.io.loadmat(str(path), variable_names=None)
     except NotImplementedError:
@@ -102,12 +106,16 @@ def read_mat_variable(path: Path, variable: str, rel: str) -> np.ndarray:
                            f"support; re-save it in MATLAB with save(..., '-v7')") from None
     except Exception as e:  # scipy raises several types for corrupt files
         raise DatasetError(f"{rel} is not a readable .mat file ({type(e).__name__}: {e}); "
-                           f"restore it from the MARS release") from None
+                           f"restore it from {release}") from None
     if variable not in mat:
         have = sorted(k for k in mat if not k.startswith("__"))
         raise DatasetError(f"{rel} has no variable '{variable}' (it holds {have}); restore the "
-                           f"file from the MARS release (info/ of the MARS-evaluation code)")
-    arr = np.asarray(mat[variable])
+                           f"file from {release}")
+    return mat_integers(np.asarray(mat[variable]), variable, rel)
+
+
+def mat_integers(arr: np.ndarray, variable: str, rel: str) -> np.ndarray:
+    """A MATLAB numeric array (integers stored as doubles, as MATLAB writes them) as int64."""
     if arr.dtype.kind not in "iuf":
         raise DatasetError(f"variable '{variable}' in {rel} has dtype {arr.dtype}; expected numbers")
     if arr.dtype.kind == "f":

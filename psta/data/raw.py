@@ -7,7 +7,7 @@ Nothing here touches the JPEG files.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,14 @@ import pyarrow as pa
 from psta.errors import DatasetError
 
 SPLITS = ("train", "query", "gallery")
+#: splits a dataset may add: "val", identities held out of training for validation (LS-VID's
+#: list_seq_val.txt); never trained on, never part of the test protocol
+OPTIONAL_SPLITS = ("val",)
+ALL_SPLITS = SPLITS + OPTIONAL_SPLITS
 
 #: columns of ``RawTracklets.tracklets`` and their numpy/pandas dtypes
 TRACKLET_COLUMNS = {
-    "split": "str",        # "train" / "query" / "gallery"
+    "split": "str",        # "train" / "query" / "gallery" (/ "val")
     "pid": "int64",        # the dataset's own identity (MARS: 0 distractor, -1 junk)
     "camid": "int64",      # 0-based camera
     "name": "str",         # MARS "0065C1T0002", Duke "train/0001/0001"
@@ -42,6 +46,11 @@ class RawTracklets:
         tracklets: one row per tracklet, columns :data:`TRACKLET_COLUMNS`.
         paths: ``pa.StringArray`` of every frame path, relative to ``root``.
         ok: optional per-frame validity mask (from a manifest); ``None`` = all frames usable.
+        meta: facts about this reading that the index records in ``stats.json`` (JSON values;
+            e.g. ``"split"``: which of a dataset's published train/test splits was read).
+        generated_splits: the dataset's whole list of ``{"train": [...], "test": [...]}``
+            splits when the reader drew it itself (PRID-2011 without a split file), for the
+            ingest stage to write next to its outputs; ``None`` otherwise.
     """
 
     dataset: str
@@ -49,6 +58,8 @@ class RawTracklets:
     tracklets: pd.DataFrame
     paths: pa.Array
     ok: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+    generated_splits: list[dict] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.paths, pa.ChunkedArray):
@@ -108,4 +119,4 @@ def make_tracklet_frame(split, pid, camid, name, row, junk, distractor, n_frames
     return df
 
 
-__all__ = ["RawTracklets", "SPLITS", "TRACKLET_COLUMNS", "make_tracklet_frame"]
+__all__ = ["ALL_SPLITS", "OPTIONAL_SPLITS", "RawTracklets", "SPLITS", "TRACKLET_COLUMNS", "make_tracklet_frame"]

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+from pydantic import Field, model_validator
 from scipy.ndimage import uniform_filter1d  # camera backgrounds only (once per camera)
 
 from psta.atomic import atomic_dir
+from psta.config import FieldError, Pair, Section
 from psta.data.mars_layout import MAX_CAMERAS, track_numbers, tracklet_files, write_mars_info
 
 __all__ = [
@@ -37,17 +39,21 @@ __all__ = [
     "draw_pids",
     "identity_tracklets",
     "MARS_PUBLISHED",
+    "MARS_CAMERAS",
+    "DUKE_CAMERAS",
     "generate_mars",
     "generate_duke",
     "write_mars_metadata",
 ]
 
+MARS_CAMERAS = 6   # cameras of the published releases: the default num_cameras of each layout
+DUKE_CAMERAS = 8
+
 
 # --------------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(Section):
     """Size and look of a synthetic dataset. The defaults are the pipeline's demo scale.
 
     Counts: ``num_train_ids`` / ``num_test_ids`` identities; every identity is seen by
@@ -59,42 +65,46 @@ class SyntheticConfig:
     (``0001C6F0099X30823.jpg``) and a fraction starting at ``F0002`` (at least one of each).
     """
 
-    seed: int = 0
-    num_train_ids: int = 48
-    num_test_ids: int = 48
-    num_cameras: int | None = None          # None: 6 for MARS, 8 for Duke
-    cameras_per_id: tuple[int, int] = (2, 3)
-    tracklets_per_camera: tuple[int, int] = (1, 2)
-    min_len: int = 8
-    max_len: int = 48
-    height: int = 128
-    width: int = 64
-    num_distractor_tracklets: int = 24      # MARS pid 0
-    num_junk_tracklets: int = 12            # MARS pid -1
-    num_distractor_ids: int = 12            # Duke gallery-only identities
-    old_style_fraction: float = 0.3         # Duke old file-name style
-    f0002_fraction: float = 0.1             # Duke tracklets whose first frame is F0002
-    occlusion_prob: float = 0.25
-    jpeg_quality: int = 90
-    max_pid: int = 1500                     # pids are drawn from 1..max_pid
+    seed: int = Field(0, ge=0)
+    num_train_ids: int = Field(48, ge=1)
+    num_test_ids: int = Field(48, ge=1)
+    num_cameras: int | None = Field(None, ge=2, le=9)  # None: 6 for MARS, 8 for Duke
+    cameras_per_id: Pair[int] = (2, 3)
+    tracklets_per_camera: Pair[int] = (1, 2)
+    min_len: int = Field(8, ge=1, le=999)
+    max_len: int = Field(48, ge=1, le=999)   # three frame digits in the names
+    height: int = Field(128, ge=32)
+    width: int = Field(64, ge=16)
+    num_distractor_tracklets: int = Field(24, ge=0)   # MARS pid 0
+    num_junk_tracklets: int = Field(12, ge=0)         # MARS pid -1
+    num_distractor_ids: int = Field(12, ge=0)         # Duke gallery-only identities
+    old_style_fraction: float = Field(0.3, ge=0, le=1)  # Duke old file-name style
+    f0002_fraction: float = Field(0.1, ge=0, le=1)      # Duke tracklets whose first frame is F0002
+    occlusion_prob: float = Field(0.25, ge=0, le=1)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    max_pid: int = Field(1500, ge=1, le=9999)        # pids are drawn from 1..max_pid (4 digits)
 
-    def validate(self, default_cameras: int, max_cameras: int | None = None) -> int:
-        """Check the config for a layout whose release has ``default_cameras`` cameras and whose
-        names hold at most ``max_cameras``; return the number of cameras to write."""
+    @model_validator(mode="after")
+    def _ranges(self) -> "SyntheticConfig":
+        if not 1 <= self.tracklets_per_camera[0] <= self.tracklets_per_camera[1]:
+            raise FieldError("tracklets_per_camera", self.tracklets_per_camera, "[lo, hi] with 1 <= lo <= hi")
+        if self.min_len > self.max_len:
+            raise FieldError("max_len", self.max_len, f">= min_len ({self.min_len})")
+        if self.num_train_ids + self.num_test_ids + self.num_distractor_ids > self.max_pid:
+            raise FieldError("max_pid", self.max_pid, "at least num_train_ids + num_test_ids + "
+                             f"num_distractor_ids ({self.num_train_ids + self.num_test_ids + self.num_distractor_ids})")
+        return self
+
+    def cameras_for(self, default_cameras: int, max_cameras: int = 9) -> int:
+        """The cameras to write for a layout whose release has ``default_cameras`` and whose names
+        hold at most ``max_cameras``; a FieldError if num_cameras or cameras_per_id do not fit."""
         ncam = self.num_cameras or default_cameras
+        if ncam > max_cameras:
+            raise FieldError("num_cameras", ncam, f"<= {max_cameras} (the layout's names hold one camera digit)")
         lo, hi = self.cameras_per_id
         if not (2 <= lo <= hi <= ncam):
-            raise ValueError(f"cameras_per_id {self.cameras_per_id} must satisfy 2 <= lo <= hi <= {ncam}")
-        if not (1 <= self.tracklets_per_camera[0] <= self.tracklets_per_camera[1]):
-            raise ValueError(f"bad tracklets_per_camera {self.tracklets_per_camera}")
-        if not (1 <= self.min_len <= self.max_len <= 999):
-            raise ValueError(f"need 1 <= min_len <= max_len <= 999, got {self.min_len}, {self.max_len}")
-        if max_cameras is not None and ncam > max_cameras:
-            raise ValueError(f"the layout's names hold at most {max_cameras} cameras: num_cameras <= {max_cameras}")
-        if self.num_train_ids + self.num_test_ids + self.num_distractor_ids > self.max_pid:
-            raise ValueError("max_pid too small for the requested identities")
-        if self.height < 32 or self.width < 16:
-            raise ValueError("frames must be at least 32 x 16")
+            raise FieldError("cameras_per_id", self.cameras_per_id,
+                             f"[lo, hi] with 2 <= lo <= hi <= {ncam} (the layout's cameras)")
         return ncam
 
 
@@ -194,127 +204,134 @@ def _camera(rng: np.random.Generator, h: int, w: int) -> dict:
     }
 
 
-def _render(app: dict, cam: dict, rng: np.random.Generator, n: int, h: int, w: int,
-            occlusion_prob: float, junk: bool = False) -> np.ndarray:
-    """Render one tracklet: ``n`` frames of a walking person, uint8 n x h x w x 3."""
+class _Figure:
+    """One tracklet's walking person: pose per frame and the label map it is drawn into."""
+
+    def __init__(self, app: dict, cam: dict, rng: np.random.Generator, n: int, h: int, w: int, junk: bool):
+        f32 = np.float32
+        t = np.arange(n, dtype=f32)[:, None, None]
+        self.yy = np.arange(h, dtype=f32)[None, :, None]
+        self.xx = np.arange(w, dtype=f32)[None, None, :]
+        self.direction = float(rng.choice([-1.0, 1.0]))
+        self.front = bool(rng.random() < cam["front_prob"])
+        phase = rng.uniform(0, 2 * np.pi) + t * rng.uniform(0.35, 0.6)
+        self.sinp = np.sin(phase)
+        scale = cam["scale"] * app["hf"] * rng.uniform(0.95, 1.05)
+        if junk:  # a bad detection: part of a body, badly framed, or nothing at all
+            scale *= rng.uniform(1.3, 2.0)
+        self.ph = ph = f32(h * scale) * (1 + f32(0.01) * np.sin(t * f32(rng.uniform(0.1, 0.3))))
+        bob = -f32(0.012) * ph * np.abs(np.cos(phase))
+        self.y0 = (h - ph) * 0.5 + bob + (f32(rng.uniform(-0.5, 0.0) * h) if junk else f32(0))
+        drift = f32(rng.uniform(-0.04, 0.04) * w) + f32(rng.uniform(-0.05, 0.05)) * t
+        self.cx = f32(w / 2) + drift + (f32(rng.uniform(-0.4, 0.4) * w) if junk else f32(0))
+        self.wf = f32(app["wf"])
+        self.lab = np.zeros((n, h, w), np.uint8)
+
+    def band(self, a, b):
+        """Rows between fractions a and b of the person height."""
+        return (self.yy >= self.y0 + a * self.ph) & (self.yy < self.y0 + b * self.ph)
+
+    def put(self, mask, label: int) -> None:
+        np.copyto(self.lab, np.uint8(label), where=mask)
+
+
+def _draw_limbs_and_torso(fig: _Figure, app: dict) -> None:
+    f32, band, put = np.float32, fig.band, fig.put
+    xx, yy, y0, ph, cx, wf = fig.xx, fig.yy, fig.y0, fig.ph, fig.cx, fig.wf
+    # legs (left +1, right -1 swing in opposite phase)
+    hip, foot = f32(0.50), f32(0.97)
+    leg_len = (foot - hip) * ph
+    for s in (-1.0, 1.0):
+        swing = f32(s * 0.07) * ph * fig.sinp * fig.direction
+        centre = cx + f32(s * 0.045) * wf * ph + swing * (yy - (y0 + hip * ph)) / leg_len
+        leg = band(hip, foot) & (np.abs(xx - centre) <= f32(0.042) * wf * ph)
+        lower = f32(0.70) if app["bottom"] == 1 else (f32(0.74) if app["bottom"] == 2 else foot)
+        put(leg & band(hip, lower), _BOTTOM)
+        put(leg & band(lower, foot), _SKIN)
+        put(leg & band(0.925, foot), _SHOES)
+    if app["bottom"] == 2:  # skirt: a trapezoid
+        frac = (yy - (y0 + 0.48 * ph)) / (0.26 * ph)
+        half = (0.10 + 0.06 * frac) * wf * ph
+        put(band(0.48, 0.74) & (np.abs(xx - cx) <= half), _BOTTOM)
+    # arms, swinging against the legs
+    sh, hand = f32(0.15), f32(0.47)
+    arm_len = (hand - sh) * ph
+    for s in (-1.0, 1.0):
+        swing = -f32(s * 0.05) * ph * fig.sinp * fig.direction
+        centre = cx + f32(s * 0.125) * wf * ph + swing * (yy - (y0 + sh * ph)) / arm_len
+        arm = band(sh, hand) & (np.abs(xx - centre) <= f32(0.028) * wf * ph)
+        put(arm & band(sh, 0.41), _TOP2 if app["pattern"] == 4 else _TOP)
+        put(arm & band(0.41, hand), _SKIN)
+    # torso: shoulders wider than the waist
+    frac = (yy - (y0 + 0.14 * ph)) / (0.38 * ph)
+    half = (0.112 - 0.018 * frac) * wf * ph
+    torso = band(0.14, 0.52) & (np.abs(xx - cx) <= half)
+    put(torso, _TOP)
+    pat = app["pattern"]
+    if pat == 1:
+        put(torso & (((yy - y0) / ph * f32(app["stripe_freq"])) % 1.0 < 0.45), _TOP2)
+    elif pat == 2:
+        put(torso & (((xx - cx) / ph * f32(app["stripe_freq"] * 1.4)) % 1.0 < 0.4), _TOP2)
+    elif pat == 3 and fig.front:
+        put(band(0.21, 0.30) & (np.abs(xx - cx) <= f32(0.045) * ph), _TOP2)
+    elif pat == 4:
+        put(band(0.14, 0.19) & (np.abs(xx - cx) <= half), _TOP2)
+
+
+def _draw_head_and_bag(fig: _Figure, app: dict) -> None:
+    f32, band, put = np.float32, fig.band, fig.put
+    xx, yy, y0, ph, cx, wf, front = fig.xx, fig.yy, fig.y0, fig.ph, fig.cx, fig.wf, fig.front
+    hy = y0 + f32(0.075) * ph
+    head = ((xx - cx) / (f32(0.058) * ph)) ** 2 + ((yy - hy) / (f32(0.068) * ph)) ** 2 <= 1
+    put(head, _SKIN)
+    hair_line = hy - (f32(0.01) if front else f32(-0.05)) * ph
+    put(head & (yy < hair_line), _HAIR)
+    if app["long_hair"]:
+        put(band(0.075, 0.22) & (np.abs(xx - cx) <= f32(0.06) * ph) & (~head if front else True), _HAIR)
+    if app["hat"]:
+        put(head & (yy < hy - f32(0.02) * ph), _HAT)
+        put(band(0.05, 0.065) & (np.abs(xx - cx - fig.direction * 0.03 * ph) <= f32(0.075) * ph), _HAT)
+    if app["bag"] == 1:
+        if front:  # straps
+            for s in (-1.0, 1.0):
+                put(band(0.14, 0.32) & (np.abs(xx - cx - s * 0.065 * wf * ph) <= f32(0.012) * ph), _BAG)
+        else:
+            put(band(0.16, 0.42) & (np.abs(xx - cx) <= f32(0.085) * wf * ph), _BAG)
+    elif app["bag"] == 2:
+        side = f32(app["bag_side"])
+        bx = cx + side * f32(0.16) * wf * ph
+        put(band(0.42, 0.55) & (np.abs(xx - bx) <= f32(0.04) * ph), _BAG)
+        put(band(0.15, 0.42) & (np.abs(xx - bx + side * 0.02 * ph) <= f32(0.008) * ph), _BAG)
+
+
+def _occlude(fig: _Figure, rng: np.random.Generator, palette: np.ndarray, ox: np.ndarray, wb: int,
+             h: int, w: int) -> None:
+    """An occluder fixed in the scene (it slides with the background): a pole or a box."""
+    f32, xx, yy = np.float32, fig.xx, fig.yy
+    palette[_OCC] = _OCCS[rng.integers(len(_OCCS))] * rng.uniform(0.8, 1.2)
+    xs = f32(rng.uniform(0, wb))
+    xo = ((xs - ox.astype(f32))[:, None, None] + wb / 2) % wb - wb / 2  # scene x in image coords
+    if rng.random() < 0.5:   # pole
+        pw = f32(rng.uniform(0.06, 0.15) * w)
+        fig.put((xx >= xo + w * 0.3) & (xx < xo + w * 0.3 + pw), _OCC)
+    else:                    # box in front of the legs
+        top = f32(rng.uniform(0.55, 0.8) * h)
+        fig.put((yy >= top) & (xx >= xo) & (xx < xo + f32(rng.uniform(0.4, 0.9) * w)), _OCC)
+
+
+def _compose(fig: _Figure, palette: np.ndarray, bg: np.ndarray, cam: dict, rng: np.random.Generator,
+             n: int, h: int, w: int) -> np.ndarray:
+    """Channel-first: cylindrical shading of the figure, camera light, sensor noise (the camera
+    blur is applied when encoding, see _jpeg). Returns uint8 n x h x w x 3."""
     f32 = np.float32
-    t = np.arange(n, dtype=f32)[:, None, None]
-    yy = np.arange(h, dtype=f32)[None, :, None]
-    xx = np.arange(w, dtype=f32)[None, None, :]
-
-    direction = float(rng.choice([-1.0, 1.0]))
-    front = bool(rng.random() < cam["front_prob"])
-    phase = rng.uniform(0, 2 * np.pi) + t * rng.uniform(0.35, 0.6)
-    sinp = np.sin(phase)
-    scale = cam["scale"] * app["hf"] * rng.uniform(0.95, 1.05)
-    if junk:  # a bad detection: part of a body, badly framed, or nothing at all
-        scale *= rng.uniform(1.3, 2.0)
-    ph = f32(h * scale) * (1 + f32(0.01) * np.sin(t * f32(rng.uniform(0.1, 0.3))))
-    bob = -f32(0.012) * ph * np.abs(np.cos(phase))
-    y0 = (h - ph) * 0.5 + bob + (f32(rng.uniform(-0.5, 0.0) * h) if junk else f32(0))
-    drift = f32(rng.uniform(-0.04, 0.04) * w) + f32(rng.uniform(-0.05, 0.05)) * t
-    cx = f32(w / 2) + drift + (f32(rng.uniform(-0.4, 0.4) * w) if junk else f32(0))
-    wf = f32(app["wf"])
-
-    def band(a, b):  # rows between fractions a and b of the person height
-        return (yy >= y0 + a * ph) & (yy < y0 + b * ph)
-
-    lab = np.zeros((n, h, w), np.uint8)
-    put = lambda mask, k: np.copyto(lab, np.uint8(k), where=mask)  # noqa: E731
-
-    if not (junk and rng.random() < 0.4):
-        # legs (left +1, right -1 swing in opposite phase)
-        hip, foot = f32(0.50), f32(0.97)
-        leg_len = (foot - hip) * ph
-        for s in (-1.0, 1.0):
-            swing = f32(s * 0.07) * ph * sinp * direction
-            centre = cx + f32(s * 0.045) * wf * ph + swing * (yy - (y0 + hip * ph)) / leg_len
-            leg = band(hip, foot) & (np.abs(xx - centre) <= f32(0.042) * wf * ph)
-            lower = f32(0.70) if app["bottom"] == 1 else (f32(0.74) if app["bottom"] == 2 else foot)
-            put(leg & band(hip, lower), _BOTTOM)
-            put(leg & band(lower, foot), _SKIN)
-            put(leg & band(0.925, foot), _SHOES)
-        if app["bottom"] == 2:  # skirt: a trapezoid
-            frac = (yy - (y0 + 0.48 * ph)) / (0.26 * ph)
-            half = (0.10 + 0.06 * frac) * wf * ph
-            put(band(0.48, 0.74) & (np.abs(xx - cx) <= half), _BOTTOM)
-        # arms, swinging against the legs
-        sh, hand = f32(0.15), f32(0.47)
-        arm_len = (hand - sh) * ph
-        for s in (-1.0, 1.0):
-            swing = -f32(s * 0.05) * ph * sinp * direction
-            centre = cx + f32(s * 0.125) * wf * ph + swing * (yy - (y0 + sh * ph)) / arm_len
-            arm = band(sh, hand) & (np.abs(xx - centre) <= f32(0.028) * wf * ph)
-            put(arm & band(sh, 0.41), _TOP2 if app["pattern"] == 4 else _TOP)
-            put(arm & band(0.41, hand), _SKIN)
-        # torso: shoulders wider than the waist
-        frac = (yy - (y0 + 0.14 * ph)) / (0.38 * ph)
-        half = (0.112 - 0.018 * frac) * wf * ph
-        torso = band(0.14, 0.52) & (np.abs(xx - cx) <= half)
-        put(torso, _TOP)
-        pat = app["pattern"]
-        if pat == 1:
-            put(torso & (((yy - y0) / ph * f32(app["stripe_freq"])) % 1.0 < 0.45), _TOP2)
-        elif pat == 2:
-            put(torso & (((xx - cx) / ph * f32(app["stripe_freq"] * 1.4)) % 1.0 < 0.4), _TOP2)
-        elif pat == 3 and front:
-            put(band(0.21, 0.30) & (np.abs(xx - cx) <= f32(0.045) * ph), _TOP2)
-        elif pat == 4:
-            put(band(0.14, 0.19) & (np.abs(xx - cx) <= half), _TOP2)
-        # head and hair
-        hy = y0 + f32(0.075) * ph
-        head = ((xx - cx) / (f32(0.058) * ph)) ** 2 + ((yy - hy) / (f32(0.068) * ph)) ** 2 <= 1
-        put(head, _SKIN)
-        hair_line = hy - (f32(0.01) if front else f32(-0.05)) * ph
-        put(head & (yy < hair_line), _HAIR)
-        if app["long_hair"]:
-            put(band(0.075, 0.22) & (np.abs(xx - cx) <= f32(0.06) * ph) & (~head if front else True), _HAIR)
-        if app["hat"]:
-            put(head & (yy < hy - f32(0.02) * ph), _HAT)
-            put(band(0.05, 0.065) & (np.abs(xx - cx - direction * 0.03 * ph) <= f32(0.075) * ph), _HAT)
-        # bags
-        if app["bag"] == 1:
-            if front:  # straps
-                for s in (-1.0, 1.0):
-                    put(band(0.14, 0.32) & (np.abs(xx - cx - s * 0.065 * wf * ph) <= f32(0.012) * ph), _BAG)
-            else:
-                put(band(0.16, 0.42) & (np.abs(xx - cx) <= f32(0.085) * wf * ph), _BAG)
-        elif app["bag"] == 2:
-            side = f32(app["bag_side"])
-            bx = cx + side * f32(0.16) * wf * ph
-            put(band(0.42, 0.55) & (np.abs(xx - bx) <= f32(0.04) * ph), _BAG)
-            put(band(0.15, 0.42) & (np.abs(xx - bx + side * 0.02 * ph) <= f32(0.008) * ph), _BAG)
-
-    # the detector box follows the person, so the background slides behind it
-    cam_bg, wb = cam["bg"], cam["bg_width"]
-    oy = int(rng.integers(0, cam_bg.shape[1] - h + 1))
-    ox = rng.uniform(0, wb) + direction * rng.uniform(0.3, 1.2) * np.arange(n)
-    starts = np.round(ox).astype(np.int64) % wb
-    bg = np.stack([cam_bg[:, oy:oy + h, x:x + w] for x in starts], axis=1)         # 3 x n x h x w
-
-    # occluders fixed in the scene (slide with the background)
-    palette = app["palette"].copy()
-    if rng.random() < occlusion_prob:
-        palette[_OCC] = _OCCS[rng.integers(len(_OCCS))] * rng.uniform(0.8, 1.2)
-        xs = f32(rng.uniform(0, wb))
-        xo = ((xs - ox.astype(f32))[:, None, None] + wb / 2) % wb - wb / 2  # scene x in image coords
-        if rng.random() < 0.5:   # pole
-            pw = f32(rng.uniform(0.06, 0.15) * w)
-            put((xx >= xo + w * 0.3) & (xx < xo + w * 0.3 + pw), _OCC)
-        else:                    # box in front of the legs
-            top = f32(rng.uniform(0.55, 0.8) * h)
-            put((yy >= top) & (xx >= xo) & (xx < xo + f32(rng.uniform(0.4, 0.9) * w)), _OCC)
-
-    # compose (channel-first): cylindrical shading of the figure, camera light, sensor noise
-    # (the camera blur is applied when encoding, see _jpeg)
     palette[_BG] = 0.0
-    shade = 1.0 - 0.22 * np.clip(np.abs(xx - cx) / (0.16 * ph), 0, 1) ** 2               # n x 1 x w
+    shade = 1.0 - 0.22 * np.clip(np.abs(fig.xx - fig.cx) / (0.16 * fig.ph), 0, 1) ** 2      # n x 1 x w
     img = np.empty((3, n, h, w), f32)
-    lab_i = lab.astype(np.intp)
+    lab_i = fig.lab.astype(np.intp)
     for c in range(3):
         np.take(np.ascontiguousarray(palette[:, c]), lab_i, out=img[c])                  # 3 x n x h x w
     img *= shade
-    bg *= lab == _BG
+    bg *= fig.lab == _BG
     img += bg
     img *= cam["light"] * f32(rng.uniform(0.92, 1.08))
     img *= (1 + f32(0.02) * rng.standard_normal(n).astype(f32))[None, :, None, None]
@@ -323,7 +340,26 @@ def _render(app: dict, cam: dict, rng: np.random.Generator, n: int, h: int, w: i
     for i in range(n):
         img[:, i] += nz[:, offs[i, 0]:offs[i, 0] + h, offs[i, 1]:offs[i, 1] + w]
     np.clip(img, 0, 255, out=img)
-    return np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 3, 0))           # n x h x w x 3
+    return np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 3, 0))
+
+
+def _render(app: dict, cam: dict, rng: np.random.Generator, n: int, h: int, w: int,
+            occlusion_prob: float, junk: bool = False) -> np.ndarray:
+    """Render one tracklet: ``n`` frames of a walking person, uint8 n x h x w x 3."""
+    fig = _Figure(app, cam, rng, n, h, w, junk)
+    if not (junk and rng.random() < 0.4):
+        _draw_limbs_and_torso(fig, app)
+        _draw_head_and_bag(fig, app)
+    # the detector box follows the person, so the background slides behind it
+    cam_bg, wb = cam["bg"], cam["bg_width"]
+    oy = int(rng.integers(0, cam_bg.shape[1] - h + 1))
+    ox = rng.uniform(0, wb) + fig.direction * rng.uniform(0.3, 1.2) * np.arange(n)
+    starts = np.round(ox).astype(np.int64) % wb
+    bg = np.stack([cam_bg[:, oy:oy + h, x:x + w] for x in starts], axis=1)         # 3 x n x h x w
+    palette = app["palette"].copy()
+    if rng.random() < occlusion_prob:
+        _occlude(fig, rng, palette, ox, wb, h, w)
+    return _compose(fig, palette, bg, cam, rng, n, h, w)
 
 
 def _workers(workers: int | None) -> int:
@@ -331,13 +367,14 @@ def _workers(workers: int | None) -> int:
     return max(1, workers or 1)
 
 
-def _jpeg(frame: np.ndarray, quality: int, blur: int = 0) -> bytes:
-    """Encode one frame, after the camera's box blur (PIL's, cheap)."""
+def _jpeg(frame: np.ndarray, quality: int, blur: int = 0, image_format: str = "JPEG") -> bytes:
+    """Encode one frame (JPEG, or PNG as iLIDS-VID and PRID-2011 publish theirs), after the
+    camera's box blur (PIL's, cheap)."""
     im = Image.fromarray(frame)
     if blur:
         im = im.filter(ImageFilter.BoxBlur(blur))
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
+    im.save(buf, format=image_format, **({"quality": quality} if image_format == "JPEG" else {}))
     return buf.getvalue()
 
 
@@ -346,11 +383,12 @@ class Painter:
 
     A writer of a new layout draws identities with :func:`draw_pids` and
     :func:`identity_tracklets`, then renders jobs ``(appearance key, 0-based camera, frames,
-    serial, junk)`` with :meth:`render_many` and writes the JPEG bytes it yields.
+    serial, junk)`` with :meth:`render_many` and writes the encoded bytes it yields
+    (``image_format``: ``"JPEG"`` or ``"PNG"``).
     """
 
-    def __init__(self, cfg: SyntheticConfig, ncam: int, stream: int):
-        self.cfg, self.stream = cfg, stream
+    def __init__(self, cfg: SyntheticConfig, ncam: int, stream: int, image_format: str = "JPEG"):
+        self.cfg, self.stream, self.image_format = cfg, stream, image_format
         self.cams = [_camera(np.random.default_rng([cfg.seed, stream, 2, c]), cfg.height, cfg.width)
                      for c in range(ncam)]
         self._apps: dict[int, dict] = {}
@@ -365,7 +403,7 @@ class Painter:
         imgs = _render(self.appearance(app_key), self.cams[cam], rng, n, self.cfg.height,
                        self.cfg.width, self.cfg.occlusion_prob, junk=junk)
         blur = self.cams[cam]["blur"]
-        return [_jpeg(f, self.cfg.jpeg_quality, blur) for f in imgs]
+        return [_jpeg(f, self.cfg.jpeg_quality, blur, self.image_format) for f in imgs]
 
     def render_many(self, jobs: list[tuple], workers: int | None = None):
         """Yield ``frames(*job)`` for each job, in order, rendered by ``workers`` threads.
@@ -460,7 +498,7 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     excludes queries and junk; identities exclude pid 0), junk and distractor counts.
     """
     cfg = cfg or SyntheticConfig()
-    ncam = cfg.validate(default_cameras=6, max_cameras=MAX_CAMERAS)   # one camera digit
+    ncam = cfg.cameras_for(MARS_CAMERAS, MAX_CAMERAS)
     root = Path(root)
     rng = np.random.default_rng([cfg.seed, 10, 0])
     train_pids, test_pids, _ = draw_pids(rng, cfg)
@@ -529,7 +567,7 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     identity/tracklet counts, and style/start counts.
     """
     cfg = cfg or SyntheticConfig()
-    ncam = cfg.validate(default_cameras=8, max_cameras=9)             # one camera digit
+    ncam = cfg.cameras_for(DUKE_CAMERAS, 9)  # one camera digit
     root = Path(root)
     rng = np.random.default_rng([cfg.seed, 20, 0])
     train_pids, test_pids, dis_pids = draw_pids(rng, cfg, cfg.num_distractor_ids)

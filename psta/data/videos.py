@@ -41,16 +41,18 @@ numbered 1..K in sorted order (the map is in ``stats["pids"]``). pid 0 (MARS dis
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field, model_validator
 
 from psta.atomic import atomic_dir
+from psta.config import FieldError, Section
 from psta.data.mars_layout import (
     MAX_CAMERAS,
     MAX_FRAMES_PER_TRACKLET,
@@ -85,8 +87,7 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
              "lanczos": Image.Resampling.LANCZOS}
 
 
-@dataclass(frozen=True)
-class VideoIngestConfig:
+class VideoIngestConfig(Section):
     """Knobs of :func:`build_mars_from_videos` (defaults: MARS-sized crops, every frame).
 
     height, width: person-crop size written (MARS: 256 x 128).
@@ -106,54 +107,26 @@ class VideoIngestConfig:
         after filtering.
     """
 
-    height: int = 256
-    width: int = 128
-    frame_stride: int = 1
-    min_tracklet_len: int = 2
-    max_tracklet_len: int = 100
-    test_fraction: float = 0.5
-    seed: int = 0
-    interpolation: str = "bicubic"
-    jpeg_quality: int = 95
-    decode_batch: int = 32
-    decode_batch_mb: float = 256.0
+    height: int = Field(256, ge=8)
+    width: int = Field(128, ge=4)
+    frame_stride: int = Field(1, ge=1)
+    min_tracklet_len: int = Field(2, ge=1, le=MAX_FRAMES_PER_TRACKLET)
+    max_tracklet_len: int = Field(100, ge=1, le=MAX_FRAMES_PER_TRACKLET)  # three frame digits in MARS names
+    test_fraction: float = Field(0.5, gt=0, lt=1)
+    seed: int = Field(0, ge=0)
+    interpolation: Literal["bicubic", "bilinear", "lanczos"] = "bicubic"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    decode_batch: int = Field(32, ge=1)
+    decode_batch_mb: float = Field(256.0, gt=0)
     skip_zero_conf: bool = True
-    on_empty_identity: str = "error"
+    on_empty_identity: Literal["error", "drop"] = "error"
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        def need(ok: bool, what: str):
-            if not ok:
-                raise ValueError(f"VideoIngestConfig: {what}")
-
-        need(self.height >= 8 and self.width >= 4, f"crop size {self.height} x {self.width} is too small")
-        need(self.frame_stride >= 1, f"frame_stride must be >= 1, got {self.frame_stride}")
-        need(1 <= self.min_tracklet_len <= self.max_tracklet_len <= MAX_FRAMES_PER_TRACKLET,
-             f"need 1 <= min_tracklet_len <= max_tracklet_len <= {MAX_FRAMES_PER_TRACKLET} (MARS frame "
-             f"numbers have 3 digits), got {self.min_tracklet_len}, {self.max_tracklet_len}")
-        need(0.0 < self.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        need(self.interpolation in _RESAMPLE,
-             f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
-        need(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-        need(self.decode_batch >= 1, f"decode_batch must be >= 1, got {self.decode_batch}")
-        need(self.decode_batch_mb > 0, f"decode_batch_mb must be > 0, got {self.decode_batch_mb}")
-        need(self.on_empty_identity in ("error", "drop"),
-             f"on_empty_identity must be 'error' or 'drop', got {self.on_empty_identity!r}")
-
-    @classmethod
-    def from_dict(cls, params: dict | None) -> "VideoIngestConfig":
-        """Build from a params.yaml mapping; unknown keys are an error naming the known ones."""
-        params = dict(params or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"VideoIngestConfig: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**params)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    @model_validator(mode="after")
+    def _lengths(self) -> "VideoIngestConfig":
+        if self.min_tracklet_len > self.max_tracklet_len:
+            raise FieldError("max_tracklet_len", self.max_tracklet_len,
+                             f">= min_tracklet_len ({self.min_tracklet_len})")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -677,7 +650,6 @@ def build_mars_from_videos(src_root: str | os.PathLike, out_root: str | os.PathL
     (identity -> pid), ``config``.
     """
     cfg = cfg or VideoIngestConfig()
-    cfg.validate()
     src, out = Path(src_root), Path(out_root)
     cams = find_cameras(src)
     rs, ro = src.resolve(), out.resolve()

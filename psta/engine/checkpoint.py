@@ -19,7 +19,7 @@ every ``checkpoint_every_steps`` optimiser steps)::
       "history": [per-epoch metrics dicts],
       "rng": [one dict per rank: {"torch": ByteTensor, "cuda": [ByteTensor] , "numpy": {...}, "python": {...}}],
       "world_size": int,
-      "config": dataclasses.asdict(TrainConfig),
+      "config": TrainConfig.to_dict(),
       "model_meta": {arch, num_classes, seq_len, height, width, backbone, feature_dim, ...},
     }
 

@@ -23,23 +23,25 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from psta.atomic import write_text_atomic
+from psta.config import FieldError, Section, Seq
 from psta.losses import PSTALoss
 from psta.solver import WarmupMultiStepLR, build_optimizer
 
@@ -81,91 +83,69 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 # ============================================================================ configuration
-@dataclass(frozen=True)
-class TrainConfig:
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class TrainConfig(Section):
     """Every knob of training; the defaults are the paper's recipe (PSTA_SPEC.md)."""
 
     # --- schedule (per epoch) and optimiser
-    epochs: int = 500
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 10
-    warmup_factor: float = 0.01
-    milestones: tuple[int, ...] = (70, 140, 210, 310, 410)
-    gamma: float = 0.3
+    epochs: int = Field(500, ge=1)
+    lr: float = Field(3.5e-4, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: int = Field(10, ge=0)
+    warmup_factor: float = Field(0.01, gt=0, le=1)
+    milestones: Seq[Annotated[int, Field(ge=1)]] = (70, 140, 210, 310, 410)
+    gamma: float = Field(0.3, gt=0, le=1)
     # --- batches: global batch = batch_size clips (P identities x num_instances), split over ranks
-    batch_size: int = 32
-    num_instances: int = 4
-    num_workers: int = 4
-    max_steps_per_epoch: int = 0          # 0: the sampler's whole epoch
+    batch_size: int = Field(32, ge=1)
+    num_instances: int = Field(4, ge=1)
+    num_workers: int = Field(4, ge=0)
+    max_steps_per_epoch: int = Field(0, ge=0)  # 0: the sampler's whole epoch
     # --- loss
-    label_smoothing: float = 0.1
-    triplet_margin: float = 0.3
-    triplet_distance: str = "cosine"      # cosine | euclidean
-    ce_weight: float = 1.0
-    triplet_weight: float = 1.0
-    level_weights: tuple[float, ...] = ()  # per pyramid level; empty: 1.0 for every level
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    triplet_margin: float = Field(0.3, ge=0)
+    triplet_distance: Literal["cosine", "euclidean"] = "cosine"
+    ce_weight: float = Field(1.0, ge=0)
+    triplet_weight: float = Field(1.0, ge=0)
+    level_weights: Seq[Annotated[float, Field(ge=0)]] = ()  # per pyramid level; empty: 1.0 for every level
     # --- runtime
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"               # auto | fp32 | bf16 | fp16 (fp16: CUDA only)
-    channels_last: str = "auto"           # auto (on for CUDA) | on | off
-    seed: int = 0
+    precision: Literal[PRECISIONS] = "auto"  # fp16: CUDA only
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
+    seed: int = Field(0, ge=0)
     deterministic: bool = False           # torch.use_deterministic_algorithms, no cudnn.benchmark
     sync_bn: bool = False                 # SyncBatchNorm under DDP (the paper: no)
     find_unused_parameters: bool = False
     # --- checkpoints, logs, validation
-    resume: str = "auto"                  # auto | never | <path to a checkpoint or its folder>
-    checkpoint_every_steps: int = 0       # 0: only at the end of every epoch
-    log_every_steps: int = 20
+    resume: str = Field("auto", min_length=1)  # auto | never | <path to a checkpoint or its folder>
+    checkpoint_every_steps: int = Field(0, ge=0)  # 0: only at the end of every epoch
+    log_every_steps: int = Field(20, ge=0)
     progress: bool = True                 # tqdm bar (rank 0)
-    eval_every: int = 10                  # epochs; 0: never (except with evaluate at the end)
-    val_fraction: float = 0.0             # share of training identities held out for validation
-    val_ids: tuple[int, ...] = ()         # or: these training labels held out
+    eval_every: int = Field(10, ge=0)     # epochs; 0: never (except with evaluate at the end)
+    val_fraction: float = Field(0.0, ge=0, lt=1)  # share of training identities held out for validation
+    val_ids: Seq[Annotated[int, Field(ge=0)]] = ()  # or: these training labels held out
 
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
-
-        for name in ("epochs", "batch_size", "num_instances"):
-            if int(getattr(self, name)) < 1:
-                bad(name, "must be >= 1")
-        for name in ("warmup_epochs", "num_workers", "max_steps_per_epoch", "checkpoint_every_steps",
-                     "eval_every", "log_every_steps"):
-            if int(getattr(self, name)) < 0:
-                bad(name, "must be >= 0")
-        if self.batch_size % self.num_instances:
-            bad("batch_size", f"must be a multiple of num_instances={self.num_instances}")
-        if self.lr <= 0:
-            bad("lr", "must be > 0")
-        if self.precision not in PRECISIONS:
-            bad("precision", f"choose one of {', '.join(PRECISIONS)}")
-        if str(self.channels_last).lower() not in ("auto", "on", "off", "true", "false"):
-            bad("channels_last", "choose auto, on or off")
-        if self.triplet_distance not in ("cosine", "euclidean"):
-            bad("triplet_distance", "choose cosine or euclidean")
-        if not 0.0 <= self.val_fraction < 1.0:
-            bad("val_fraction", "must be in [0, 1)")
-        if self.val_fraction and self.val_ids:
-            bad("val_ids", "give either val_fraction or val_ids, not both")
-        if list(self.milestones) != sorted(self.milestones):
-            bad("milestones", "must be increasing")
-        # normalise sequences to tuples (a list from YAML / JSON is accepted)
-        for name in ("milestones", "level_weights", "val_ids"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-
+    @field_validator("device")
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        """Build from a mapping (e.g. a params.yaml section); unknown keys are a clear error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig key(s): {', '.join(unknown)}; "
-                             f"accepted: {', '.join(sorted(known))}")
-        return cls(**dict(values))
+    def _device(cls, device: str) -> str:
+        if not _DEVICE.fullmatch(device):
+            raise ValueError("auto | cpu | cuda | cuda:N")
+        return device
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain numbers, strings, bools and lists (JSON / weights_only-safe)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.batch_size % self.num_instances:
+            raise FieldError("batch_size", self.batch_size,
+                             f"a multiple of num_instances ({self.num_instances}): P identities x K tracklets")
+        if self.batch_size // self.num_instances < 2:
+            raise FieldError("batch_size", self.batch_size, f"at least 2 identities of num_instances "
+                             f"({2 * self.num_instances}): the triplet loss needs negatives in the batch")
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
+            raise FieldError("milestones", list(self.milestones), "increasing epochs")
+        if self.val_fraction and self.val_ids:
+            raise FieldError("val_ids", list(self.val_ids), "[] when val_fraction is set (give either, not both)")
+        return self
 
 
 @dataclass
@@ -385,9 +365,8 @@ class HeldoutEvaluator:
 LoaderFactory = Callable[[int, int, DistInfo], Iterable]
 
 
-def _channels_last(setting: str | bool, device: torch.device) -> bool:
-    s = str(setting).lower()
-    return device.type == "cuda" if s == "auto" else s in ("on", "true")
+def _channels_last(setting: str, device: torch.device) -> bool:
+    return device.type == "cuda" if setting == "auto" else setting == "on"
 
 
 def _model_meta(model: nn.Module, extra: Mapping[str, Any] | None) -> dict[str, Any]:

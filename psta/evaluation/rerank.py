@@ -80,32 +80,47 @@ def re_rank(q: Any, g: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
     qa, ga, dtype = as_feature_pair(q, g)
     feats = np.concatenate([qa.astype(dtype, copy=False), ga.astype(dtype, copy=False)])
-    nq, ng = qa.shape[0], ga.shape[0]
-    N = nq + ng
+    nq = qa.shape[0]
+    N = len(feats)
     rows = DistanceRows(feats, metric, squared, dtype=dtype)
-    prep = rows.g                                   # prepared features (normalised for cosine)
-    sq = rows.g_sq if metric == "euclidean" else None
-
     K1 = min(k1 + 1, N)
     KH = min(int(np.around(k1 / 2)) + 1, N)         # round half to even, like np.around
     KK = min(max(K1, k2), N)
+    nn, rowmax, orig_qg = _neighbours(rows, nq, KK, chunk_size, dtype)
+    V = _expanded_weights(rows, metric, nn, rowmax, K1, KH)
+    if k2 != 1:                                     # query expansion: mean of the k2 neighbours' rows
+        kq = min(k2, N)
+        A = sp.csr_matrix((np.full(N * kq, 1.0 / kq, dtype=np.float32),
+                           (np.repeat(np.arange(N), kq), nn[:, :kq].ravel())), shape=(N, N))
+        V = (A @ V).tocsr()
+    V.eliminate_zeros()
+    return _blend_jaccard(V, nq, orig_qg, float(lambda_value))
 
-    # Pass 1: row maxima, nearest neighbours and the normalised query x gallery block.
+
+def _neighbours(rows: DistanceRows, nq: int, KK: int, chunk_size: int, dtype):
+    """Pass 1 over the N x N distance: every row's ``KK`` nearest neighbours (ordered by
+    distance, then index), its maximum, and the query x gallery block divided by it."""
+    N = len(rows.g)
+    prep = rows.g                                   # prepared features (normalised for cosine)
     nn = np.empty((N, KK), dtype=np.int64)
     rowmax = np.empty(N, dtype=np.float64)
-    orig_qg = np.empty((nq, ng), dtype=dtype)
+    orig_qg = np.empty((nq, N - nq), dtype=dtype)
     for a in range(0, N, chunk_size):
         b = min(a + chunk_size, N)
         d = rows.rows(prep[a:b])
         m = d.max(axis=1).astype(np.float64)
         rowmax[a:b] = np.where(m > 0, m, 1.0)
-        nn[a:b] = smallest_k(d, KK)        # ordered by (distance, index)
+        nn[a:b] = smallest_k(d, KK)
         if a < nq:
             e = min(b, nq)
             orig_qg[a:e] = d[:e - a, nq:] / rowmax[a:e, None].astype(dtype)
         del d
+    return nn, rowmax, orig_qg
 
-    # k-reciprocal masks: recip[i, a] = i in nn[nn[i, a], :K1]; hrecip likewise for KH.
+
+def _reciprocal_masks(nn: np.ndarray, K1: int, KH: int) -> tuple[np.ndarray, np.ndarray]:
+    """recip[i, a] = i in nn[nn[i, a], :K1] (k-reciprocal); hrecip likewise for KH."""
+    N = len(nn)
     recip = np.empty((N, K1), dtype=bool)
     hrecip = np.empty((N, KH), dtype=bool)
     rblock = max(1, 4_000_000 // (K1 * K1 + 1))
@@ -113,8 +128,16 @@ def re_rank(q: Any, g: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
         r = np.arange(a, min(a + rblock, N))
         recip[r] = (nn[nn[r, :K1], :K1] == r[:, None, None]).any(axis=-1)
         hrecip[r] = (nn[nn[r, :KH], :KH] == r[:, None, None]).any(axis=-1)
+    return recip, hrecip
 
-    # Expanded sets and V (sparse, rows sum to 1).
+
+def _expanded_weights(rows: DistanceRows, metric: str, nn: np.ndarray, rowmax: np.ndarray,
+                      K1: int, KH: int) -> sp.csr_matrix:
+    """V: each row's expanded k-reciprocal set weighted by exp(-distance), rows summing to 1."""
+    N = len(nn)
+    prep = rows.g
+    sq = rows.g_sq if metric == "euclidean" else None
+    recip, hrecip = _reciprocal_masks(nn, K1, KH)
     v_rows, v_cols, v_data = [], [], []
     eblock = max(1, 2_000_000 // (K1 * KH * K1 + 1))
     for a in range(0, N, eblock):
@@ -138,26 +161,21 @@ def re_rank(q: Any, g: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
         v_rows.append(ri)
         v_cols.append(cj)
         v_data.append(w.astype(np.float32))
-    V = sp.csr_matrix((np.concatenate(v_data), (np.concatenate(v_rows), np.concatenate(v_cols))),
-                      shape=(N, N))
-    del v_rows, v_cols, v_data
+    return sp.csr_matrix((np.concatenate(v_data), (np.concatenate(v_rows), np.concatenate(v_cols))),
+                         shape=(N, N))
 
-    if k2 != 1:
-        kq = min(k2, N)
-        A = sp.csr_matrix((np.full(N * kq, 1.0 / kq, dtype=np.float32),
-                           (np.repeat(np.arange(N), kq), nn[:, :kq].ravel())), shape=(N, N))
-        V = (A @ V).tocsr()
-    V.eliminate_zeros()
 
-    # Jaccard distance, query rows x gallery columns, over the non-zeros of V only.
+def _blend_jaccard(V: sp.csr_matrix, nq: int, orig_qg: np.ndarray, lam: float) -> np.ndarray:
+    """(1 - lam) x Jaccard distance + lam x original distance, query rows x gallery columns,
+    the Jaccard term over the non-zeros of V only, in blocks of queries."""
+    ng = orig_qg.shape[1]
     Vq = V[:nq]
     Vg = V[nq:].tocsc()                                        # ng x N, by column
     col_nnz = np.diff(Vg.indptr)
     q_nnz_rows = np.repeat(np.arange(nq), np.diff(Vq.indptr))
     pairs_per_q = np.bincount(q_nnz_rows, weights=col_nnz[Vq.indices], minlength=nq)
     budget = max(4_000_000, int(pairs_per_q.max()))
-    out = np.empty((nq, ng), dtype=dtype)
-    lam = float(lambda_value)
+    out = np.empty((nq, ng), dtype=orig_qg.dtype)
     a = 0
     while a < nq:
         # as many queries as fit the pair budget (and a bounded dense block)

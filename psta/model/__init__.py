@@ -5,6 +5,8 @@
     logits, feats = model(clips)                          # train(): 3 levels each
     emb = model.eval()(clips)                             # B x 1024
 """
+from psta.shapes import feature_map_size, pyramid_levels
+
 from .attention import SRA, STAM, TRA, grouped_batch_norm
 from .backbone import (
     BACKBONES,
@@ -12,7 +14,6 @@ from .backbone import (
     ResNetBackbone,
     build_backbone,
     check_pretrained,
-    feature_map_size,
     imagenet_weights_file,
 )
 from .checkpoints import (
@@ -25,7 +26,7 @@ from .checkpoints import (
 )
 from .inference import fold_batchnorm, prepare_for_inference
 from .precision import autocast_context, cpu_supports_bf16, resolve_precision, to_channels_last
-from .psta import ARCHS, PSTA, TAP, build_model, model_from_config, pyramid_levels
+from .psta import ARCHS, PSTA, TAP, build_model, model_from_config
 
 __all__ = [
     "ARCHS", "BACKBONES", "PSTA", "TAP", "STAM", "TRA", "SRA", "ResNetBackbone",

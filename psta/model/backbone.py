@@ -28,6 +28,8 @@ from torchvision.models import (
     resnet50,
 )
 
+from psta.errors import UserError
+
 from .weight_init import weights_init_kaiming
 
 _BUILDERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
@@ -40,7 +42,7 @@ _OUT_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 BACKBONES = tuple(_BUILDERS)
 
 
-class PretrainedWeightsError(FileNotFoundError):
+class PretrainedWeightsError(UserError, FileNotFoundError):
     """The requested pretrained backbone weights are not available (offline)."""
 
 
@@ -53,22 +55,6 @@ def backbone_channels(name: str) -> int:
     """Channels of the backbone's last feature map (2048 for resnet50, 512 for resnet18/34)."""
     _check_backbone_name(name)
     return _OUT_CHANNELS[name]
-
-
-def feature_map_size(height: int, width: int) -> tuple[int, int]:
-    """Feature-map size h x w for an input of height x width (overall stride 16, last stride 1).
-
-    conv1, maxpool, layer2 and layer3 each map n -> floor((n - 1) / 2) + 1; layer4 keeps the size.
-    """
-    if height < 1 or width < 1:
-        raise ValueError(f"input size must be positive, got {height} x {width}")
-
-    def down(n: int) -> int:
-        for _ in range(4):
-            n = (n - 1) // 2 + 1
-        return n
-
-    return down(height), down(width)
 
 
 def imagenet_weights_file(name: str) -> Path:

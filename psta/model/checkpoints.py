@@ -14,14 +14,14 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from psta.errors import IntegrityError
+from psta.errors import IntegrityError, UserError
 from psta.integrity import check_digest
 
 CHECKPOINT_FORMAT = "psta-reid/model-v1"
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """A state dict does not fit a model: missing / unexpected keys or shape mismatches."""
 
 
@@ -127,7 +127,8 @@ def load_released_psta(
     from .psta import build_model
 
     path = Path(path)
-    state = unwrap_state_dict(_torch_load(path, map_location, allow_pickle, fix="download the authors' checkpoint again"), source=str(path))
+    loaded = _torch_load(path, map_location, allow_pickle, fix="download the authors' checkpoint again")
+    state = unwrap_state_dict(loaded, source=str(path))
     if num_classes is None:
         w = state.get("classifier.0.weight")
         if not isinstance(w, torch.Tensor) or w.ndim != 2:

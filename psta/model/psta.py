@@ -12,20 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from psta.shapes import feature_map_size, pyramid_levels
+
 from .attention import STAM
-from .backbone import BACKBONES, backbone_channels, build_backbone, check_pretrained, feature_map_size
+from .backbone import BACKBONES, backbone_channels, build_backbone, check_pretrained
 from .weight_init import weights_init_classifier, weights_init_kaiming
 
 ARCHS = ("psta", "tap")
-
-
-def pyramid_levels(seq_len: int) -> int:
-    """log2(T) for T a power of two >= 2, else a ValueError saying why."""
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2 or seq_len & (seq_len - 1):
-        raise ValueError(
-            f"PSTA needs the clip length seq_len (T) to be a power of two >= 2 (2, 4, 8, 16, ...): "
-            f"every pyramid level fuses frame pairs and halves T down to 1; got T={seq_len!r}")
-    return seq_len.bit_length() - 1
 
 
 def _frames(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -171,4 +164,4 @@ def model_from_config(config: dict, pretrained: str | os.PathLike | None = "none
     return (PSTA if arch == "psta" else TAP)(**config)
 
 
-__all__ = ["ARCHS", "PSTA", "TAP", "build_model", "model_from_config", "pyramid_levels", "backbone_channels"]
+__all__ = ["ARCHS", "PSTA", "TAP", "build_model", "model_from_config", "backbone_channels"]

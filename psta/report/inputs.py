@@ -15,12 +15,14 @@ from typing import Any
 
 import pandas as pd
 
+from psta.errors import UserError
+
 __all__ = ["EVALUATE_HINT", "ReportInputError", "ReportInputs", "load_results", "read_inputs"]
 
 EVALUATE_HINT = "run the evaluate stage first (`python -m pipeline evaluate`)"
 
 
-class ReportInputError(FileNotFoundError):
+class ReportInputError(UserError, FileNotFoundError):
     """A required input of the report (the evaluation results) is missing or unreadable."""
 
 

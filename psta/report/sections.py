@@ -63,8 +63,12 @@ def summary_section(results: dict, dataset: str, ds_label: str, headline: str,
                     paper_row: dict | None, history: pd.DataFrame | None, stats: dict | None) -> dict:
     head = results["protocols"][headline]
     paper_row = paper_row or {}
-    items = [
-        ("Dataset", f"{ds_label} ({dataset})"),
+    items = [("Dataset", f"{ds_label} ({dataset})")]
+    split = (stats or {}).get("split")
+    if split:   # one of a dataset's published train/test splits (iLIDS-VID, PRID-2011)
+        items.append(("Split", f"{split['index']} of 0..{split['count'] - 1} ({split['source']}): "
+                               f"{split['train_identities']} train / {split['test_identities']} test identities"))
+    items += [
         ("Protocols", ", ".join(results["protocols"])),
         ("Headline protocol", f"{headline} — {_protocol_text(headline)}".rstrip(" —")),
         ("Test clip sampling", str(results.get("sampling", "–"))),
