@@ -1,7 +1,9 @@
 """Atomic outputs: write to a temporary sibling, then rename into place.
 
-A stage that fails or is killed half-way leaves either the previous output or nothing,
-never a half-written file that DVC (or the next stage) would trust. A killed writer does leave
+A writer that fails or is killed half-way leaves either the previous file or nothing, never a
+half-written file that DVC (or the next stage) would trust. (Under `dvc repro` the previous
+output is already gone: DVC deletes a stage's outputs before it runs the stage, and `dvc
+checkout` brings cached ones back.) A killed writer does leave
 its temporary sibling (``.<name>.<pid>.<random>.tmp``, or ``.old`` for a tree being swapped
 out); :func:`sweep_stale` removes those whose process is gone.
 """

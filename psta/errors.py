@@ -24,4 +24,8 @@ class IntegrityError(UserError, ValueError):
     """A file the pipeline wrote is damaged: empty, truncated, or its bytes fail their checksum."""
 
 
-__all__ = ["UserError", "DatasetError", "ConfigError", "IntegrityError"]
+class MissingFileError(UserError, FileNotFoundError):
+    """A file a stage reads is not there (e.g. one an earlier stage writes, like model.pt)."""
+
+
+__all__ = ["UserError", "DatasetError", "ConfigError", "IntegrityError", "MissingFileError"]

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from psta.atomic import write_text_atomic
-from psta.errors import IntegrityError
+from psta.errors import IntegrityError, MissingFileError
 
 SUFFIX = ".sha256"
 _BLOCK = 8 << 20
@@ -47,14 +47,14 @@ def check_digest(path: str | os.PathLike, required: bool = False, fix: str = "")
     path = Path(path)
     target = digest_path(path)
     fix = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise MissingFileError(f"{path} is missing{fix}")
     if not target.is_file():
         if required:
             raise IntegrityError(f"{path} has no checksum file {target.name} beside it, so it cannot "
                                  f"be trusted{fix}")
         return False
     want = target.read_text().split()[:1]
-    if not path.is_file():
-        raise IntegrityError(f"{path} is missing (its checksum file {target.name} is there){fix}")
     if want != [file_sha256(path)]:
         raise IntegrityError(f"{path} is damaged: its sha256 differs from {target.name}{fix}")
     return True

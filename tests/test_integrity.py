@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from psta.errors import IntegrityError
+from psta.errors import IntegrityError, MissingFileError, UserError
 from psta.integrity import check_digest, digest_path, write_digest
 from psta.model import build_model, load_checkpoint
 from psta.model.checkpoints import save_checkpoint
@@ -51,13 +51,32 @@ def test_flipped_tensor_bytes_are_refused_on_load(saved, tmp_path):
         check_digest(path, required=True)
 
 
-@pytest.mark.parametrize("cut, message", [(0, "is empty \\(0 bytes\\): not a checkpoint"),
-                                          (0.5, "is truncated or not a torch checkpoint")])
-def test_empty_or_truncated_model_is_one_message_naming_file_and_fix(saved, tmp_path, cut, message):
+@pytest.mark.parametrize("cut, digest, error, message", [
+    (None, False, MissingFileError, "checkpoint file {path} is missing"),
+    (0, False, IntegrityError, "{path} is empty \\(0 bytes\\): not a checkpoint"),
+    (0, True, IntegrityError, "{path} is empty \\(0 bytes\\): not a checkpoint"),
+    (0.5, False, IntegrityError, "{path} is truncated or not a torch checkpoint \\(PytorchStreamReader"),
+    (0.5, True, IntegrityError, "{path} is damaged: its sha256 differs from model.pt.sha256"),
+])
+def test_missing_empty_or_truncated_model_is_one_user_error_naming_file_and_fix(saved, tmp_path, cut, digest,
+                                                                               error, message):
     data = saved.read_bytes()
-    path = _copy(saved, tmp_path, data[: int(len(data) * cut)], digest=False)
-    with pytest.raises(IntegrityError) as err:
+    path = _copy(saved, tmp_path, b"" if cut is None else data[: int(len(data) * cut)], digest=digest)
+    if cut is None:
+        path.unlink()
+    with pytest.raises(error) as err:
         load_checkpoint(path)
+    assert isinstance(err.value, UserError)  # the CLI prints it as one `error:` line, exit code 2
     text = str(err.value)
-    assert str(path) in text and "dvc repro train" in text and "\n" not in text
-    assert re.search(message, text)
+    assert re.match(message.format(path=re.escape(str(path))), text), text
+    assert text.endswith("re-create it with the train stage (`dvc repro train` or `python -m pipeline train`), "
+                         "or restore the tracked copy with `dvc checkout data/models` / `dvc pull`")
+    assert "\n" not in text
+
+
+def test_a_required_checksum_refuses_a_model_without_one(saved, tmp_path):
+    path = _copy(saved, tmp_path, digest=False)
+    load_checkpoint(path)
+    with pytest.raises(IntegrityError, match="model.pt has no checksum file model.pt.sha256 beside it, so it cannot "
+                                             "be trusted; re-create it"):
+        load_checkpoint(path, require_digest=True)

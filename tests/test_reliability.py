@@ -188,19 +188,19 @@ def test_damaged_model_or_cache_is_refused_by_evaluate_and_nothing_is_registered
     client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
     versions = len(client.search_model_versions("name = 'psta-mars'"))
 
-    flip_byte(copy / "data/models/model.pt")
-    proc = pipeline(proj, "evaluate", check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "error: data/models/model.pt is damaged: its sha256 differs from model.pt.sha256; re-create it "
-        "with the train stage (`dvc repro train` or `python -m pipeline train`), or restore the tracked "
-        "copy with `dvc checkout data/models` / `dvc pull`")
-
-    proj.run("dvc", "checkout", "--force", "data/models")
-    replace_file(copy / "data/models/model.pt", b"")
-    (copy / "data/models/model.pt.sha256").unlink()
-    proc = pipeline(proj, "evaluate", check=False)
-    assert proc.returncode == 2 and "model.pt has no checksum file" in proc.stderr.splitlines()[-1]
+    fix = ("re-create it with the train stage (`dvc repro train` or `python -m pipeline train`), or restore "
+           "the tracked copy with `dvc checkout data/models` / `dvc pull`")
+    model = copy / "data/models/model.pt"
+    for damage, what in ((flip_byte, "is damaged: its sha256 differs from model.pt.sha256"),
+                         (lambda p: replace_file(p, b""), "is empty (0 bytes): not a checkpoint"),
+                         (lambda p: p.unlink(), "is missing")):
+        damage(model)
+        proc = pipeline(proj, "evaluate", check=False)
+        assert proc.returncode == 2
+        # one line: the file, what is wrong with it, how to get it back; no traceback
+        assert proc.stderr.strip().splitlines()[-1].endswith(f"data/models/model.pt {what}; {fix}"), proc.stderr
+        assert "Traceback" not in proc.stderr
+        proj.run("dvc", "checkout", "--force", "data/models")
 
     proj.run("dvc", "checkout", "--force", "data/models")
     from psta.index import read_index
@@ -253,6 +253,36 @@ def test_killed_writers_leave_temporaries_the_next_run_sweeps_and_one_training_a
     assert all(t.exists() for t in temp)
     swept = pipeline(proj, "cache")
     assert not list((copy / "data").glob(".cache.*")), swept.stderr
+
+
+def test_two_dvc_repro_at_once_one_runs_and_the_other_is_refused(project, tmp_path):
+    """DVC's repository lock refuses a second `dvc repro`; the stage lock refuses a direct
+    `python -m pipeline train` beside the train stage the first one runs."""
+    proj = copy_of(project, tmp_path)
+    copy = proj.path
+    set_params(copy, train={"epochs": 2, "max_steps_per_epoch": 2})  # train (and after it) is out of date
+    first = subprocess.Popen(["dvc", "repro"], cwd=copy, env=proj.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        lock = copy / ".dvc/tmp/stage-train.lock"
+        holder = wait_for(lambda: lock.is_file() and lock.read_text().strip(), first)  # train is running
+        second = proj.run("dvc", "repro", check=False)
+        direct = pipeline(proj, "train", check=False)
+        out, err = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            kill(first)
+    assert second.returncode != 0 and "Unable to acquire lock" in second.stderr, second.stderr[-2000:]
+    assert direct.returncode == 1
+    assert direct.stderr.strip().splitlines()[-1].startswith(
+        f"error: another `python -m pipeline train` is running in this project (pid {holder})")
+    assert first.returncode == 0, err[-3000:]
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    assert "Data and pipelines are up to date" in proj.run("dvc", "status").stdout
+    from psta.integrity import check_digest
+
+    assert check_digest(copy / "data/models/model.pt", required=True)
+    assert len((copy / "reports/train_history.csv").read_text().splitlines()) == 1 + 2
 
 
 def test_a_tracking_server_killed_mid_training_costs_the_training_nothing(project, tmp_path):

@@ -47,9 +47,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
     from psta.data.cache import FrameCache
     from psta.evaluation.outputs import write_eval_outputs, write_metrics
     from psta.index import read_index
-    from psta.integrity import check_digest
     from psta.model import build_model, load_checkpoint
-    from psta.model.checkpoints import MODEL_FIX
 
     params = load_params(params_path)
     with stage_run("evaluate", params, ("evaluate",)):  # + model.seq_len/pretrained, train.seed (dvc.yaml)
@@ -60,8 +58,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         test = index.tracklets[index.tracklets["split"].isin(["query", "gallery"])].reset_index(drop=True)
         cache = FrameCache(paths.CACHE)
         cache.check_tracklets(index.tracklets)
-        check_digest(paths.MODELS / "model.pt", required=True, fix=MODEL_FIX)
-        model, checkpoint = load_checkpoint(paths.MODELS / "model.pt")
+        model, checkpoint = load_checkpoint(paths.MODELS / "model.pt", require_digest=True)
         features = embed(params, model, test, cache, sampling)
         results = score(params, features, test, protocols)
         untrained = None

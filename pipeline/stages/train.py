@@ -12,7 +12,6 @@ run is trained again from scratch). data/train is `persist: true` in dvc.yaml, s
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -48,7 +47,7 @@ def never_resume_finished(config, out_dir: Path, rank: int):
     if rank == 0:  # checkpoint first: a rank that no longer sees model.pt finds no checkpoint
         (out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
         (out_dir / MODEL_NAME).unlink(missing_ok=True)
-    return dataclasses.replace(config, resume="never")
+    return config.model_copy(update={"resume": "never"})
 
 
 def run_training(params: Params, on_epoch_end=None):

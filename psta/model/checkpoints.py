@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from psta.errors import IntegrityError, UserError
+from psta.errors import IntegrityError, MissingFileError, UserError
 from psta.integrity import check_digest
 
 CHECKPOINT_FORMAT = "psta-reid/model-v1"
@@ -85,12 +85,15 @@ MODEL_FIX = ("re-create it with the train stage (`dvc repro train` or `python -m
              "or restore the tracked copy with `dvc checkout data/models` / `dvc pull`")
 
 
-def _torch_load(path: Path, map_location, allow_pickle: bool, fix: str = MODEL_FIX):
+def _torch_load(path: Path, map_location, allow_pickle: bool, fix: str = MODEL_FIX,
+                require_digest: bool = False):
+    """torch.load (weights only) of a checkpoint checked first: there, not empty, and matching
+    its ``.sha256`` when one is beside it (ours always are; ``require_digest``: it must be)."""
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: '{path}'")
-    check_digest(path, fix=fix)  # when a .sha256 is beside it (ours always are)
+        raise MissingFileError(f"checkpoint file {path} is missing; {fix}")
     if path.stat().st_size == 0:
         raise IntegrityError(f"{path} is empty (0 bytes): not a checkpoint; {fix}")
+    check_digest(path, required=require_digest, fix=fix)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (EOFError, RuntimeError) as exc:
@@ -168,15 +171,19 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    require_digest: bool = False) -> tuple[nn.Module, dict]:
     """Rebuild the model saved by :func:`save_checkpoint` and load it strictly.
 
-    Returns ``(model, checkpoint)``; the model is in eval mode, ``checkpoint`` is the whole dict.
+    The file is checked first: a missing, empty, truncated or damaged file (against the
+    ``.sha256`` beside it; ``require_digest``: refused without one) is one :class:`UserError`
+    naming it and how to get it back. Returns ``(model, checkpoint)``; the model is in eval
+    mode, ``checkpoint`` is the whole dict.
     """
     from .psta import model_from_config
 
     path = Path(path)
-    ckpt = _torch_load(path, map_location, allow_pickle=False)
+    ckpt = _torch_load(path, map_location, allow_pickle=False, require_digest=require_digest)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint "
                          f"(for the authors' released files use load_released_psta)")
