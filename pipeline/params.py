@@ -30,7 +30,7 @@ from psta.config import FieldError, Section
 from psta.data.registry import dataset_names, get_dataset, synthetic_layouts
 from psta.data.synthetic import SyntheticConfig
 from psta.data.videos import VideoIngestConfig
-from psta.engine.trainer import PRECISIONS, TrainConfig
+from psta.engine.config import PRECISIONS, TrainConfig
 from psta.errors import ConfigError
 from psta.shapes import BACKBONE_STRIDE, pyramid_levels
 
@@ -113,6 +113,10 @@ class CacheParams(Section):
     shard_mb: int = Field(1024, ge=1)
     num_workers: int = Field(2, ge=0)
     jpeg_quality: int = Field(95, ge=1, le=100)
+    # frames not already at the model's size are resized (antialiased) as the reference does:
+    # training frames bicubically, query / gallery frames bilinearly
+    train_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    test_interpolation: Literal["bicubic", "bilinear"] = "bilinear"
 
 
 class AugmentParams(Section):
@@ -133,6 +137,13 @@ class EvaluateParams(Section):
     num_workers: int = Field(2, ge=0)
     max_rank: int = Field(50, ge=20)  # metrics.json reports rank-1/5/10/20
     untrained_baseline: bool = True
+    # dense sampling keeps at most max_clips clips per tracklet (the reference: 200; 0: all), a
+    # window of consecutive clips whose start is drawn from (seed, tracklet id)
+    max_clips: int = Field(200, ge=0)
+    seed: int = Field(0, ge=0)
+    target_fpr: float = Field(1e-3, gt=0, lt=1)  # the "same person" threshold's FPR on the test pairs
+    bootstrap: int = Field(1000, ge=0)  # resamples of the 95% intervals of rank-1 / mAP (0: none)
+    bootstrap_seed: int = Field(0, ge=0)
 
 
 class ReportParams(Section):

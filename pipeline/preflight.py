@@ -61,6 +61,9 @@ def _check_world_size(params: Params, source: str) -> None:
     if world > 1 and (t.batch_size % world or (t.batch_size // world) % t.num_instances):
         _refuse(source, "train.batch_size", t.batch_size, f"a multiple of WORLD_SIZE x num_instances "
                 f"({world} x {t.num_instances}) under torchrun")
+    elif (t.batch_size // world) % t.bn_groups:
+        _refuse(source, "train.bn_groups", t.bn_groups, f"a divisor of the {t.batch_size // world} clips "
+                f"each of the {world} torchrun ranks trains on per step")
 
 
 def _check_pretrained(params: Params, source: str) -> None:

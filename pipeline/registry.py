@@ -9,7 +9,9 @@ clip batch ``B x T x 3 x H x W`` -> ``B x D`` embeddings. The new version gets:
 - the alias ``candidate`` (always: the latest evaluated model);
 - the alias ``champion`` when its mAP under the dataset's first protocol (the first entry of
   reports/metrics.json, e.g. mars_official) is at least the current champion's;
-- version tags ``mAP``, ``rank1`` (percent), ``protocol``, ``git_commit``, ``params_hash``.
+- version tags ``mAP``, ``rank1`` (percent), ``protocol``, ``git_commit``, ``params_hash``, and
+  the calibrated "same person" rule: ``verification_threshold`` (a pair is the same person when
+  its ``verification_distance`` is at most it), ``verification_target_fpr``, ``verification_tpr``.
 
 Load a model anywhere with ``mlflow.pytorch.load_model("models:/psta-mars@champion")``.
 The registry lives in the same store as the runs: the tracking server, or the local SQLite
@@ -64,6 +66,18 @@ def headline(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if name != "untrained" and isinstance(values, dict) and "mAP" in values:
             return name, values
     raise ValueError("reports/metrics.json holds no protocol with an mAP; rerun the evaluate stage")
+
+
+def verification_tags(numbers: dict[str, Any]) -> dict[str, str]:
+    """The calibrated "same person" rule of the headline protocol (metrics.json's
+    ``verification``): distance <= ``verification_threshold`` under ``verification_distance``."""
+    v = numbers.get("verification")
+    if not isinstance(v, dict) or "threshold" not in v:
+        return {}
+    return {"verification_threshold": repr(float(v["threshold"])),
+            "verification_distance": str(v.get("distance", "cosine")),
+            "verification_target_fpr": repr(float(v["target_fpr"])),
+            "verification_tpr": f"{float(v.get('tpr_at_target_fpr', math.nan)):.2f}"}
 
 
 def _requirements() -> list[str]:
@@ -148,6 +162,7 @@ def register(model_path: str | Path, stats_path: str | Path, metrics_path: str |
         "rank1": f"{float(numbers.get('rank1', math.nan)):.4f}",
         "protocol": protocol,
         "dataset": dataset,
+        **verification_tags(numbers),
         **{key: run_tags[key] for key in ("git_commit", "params_hash", "data_version") if key in run_tags},
     }).version
     client.set_registered_model_alias(name, CANDIDATE, version)

@@ -1,4 +1,4 @@
-"""The PSTA training losses (see PSTA_SPEC.md, "Training recipe").
+"""The PSTA training losses (docs/SPEC.md, "Loss").
 
 * :func:`cross_entropy_label_smooth`: cross entropy against smoothed one-hot targets
   ``(1 - eps) * onehot + eps / K`` (the re-id reference ``CrossEntropyLabelSmooth``; numerically the
@@ -7,8 +7,11 @@
   label) and the hardest negative (smallest distance, other label); hinge
   ``max(0, d_ap - d_an + margin)`` averaged over anchors. Distance: cosine (``1 - cos``, default,
   as PSTA) or Euclidean.
-* :class:`PSTALoss`: ``sum_k w_k * (ce_weight * CE(logits_k) + triplet_weight * Tri(features_k))``
-  over the pyramid levels (3 for PSTA, 1 for the TAP baseline).
+* :class:`PSTALoss`: ``ce_weight * sum_k w_k CE(logits_k) + triplet_weight * sum_k w_k Tri(features_k)``
+  over the K pyramid levels (3 for PSTA, 1 for the TAP baseline), with ``w_k = 1 / K`` by
+  default: the MEAN over the levels of each loss, as the reference's deep supervision computes
+  it. Summing instead (``w_k = 1``) triples the loss, which under Adam's coupled L2 weight decay
+  is the same as a third of the weight decay.
 """
 from __future__ import annotations
 
@@ -99,12 +102,15 @@ class TripletLoss(nn.Module):
 
 
 class PSTALoss(nn.Module):
-    """CE (label smoothing) + batch-hard triplet, summed over the pyramid levels.
+    """CE (label smoothing) + batch-hard triplet, each averaged over the pyramid levels.
+
+    ``level_weights`` (ablations) replaces the default ``1 / K`` per level: ``[1, 1, 1]`` sums the
+    levels, ``[0, 0, 1]`` trains on the last level only.
 
     ``forward(logits, features, targets)`` takes the model's training outputs (lists, one entry per
     level; a bare tensor is treated as a one-level list) and returns ``(total, parts)`` where
     ``parts = {"ce": ..., "triplet": ..., "total": ...}`` are detached scalar tensors (the
-    weighted sums over levels).
+    level-weighted CE and triplet terms, and their weighted sum).
     """
 
     def __init__(self, label_smoothing: float = 0.1, margin: float = 0.3, distance: str = "cosine",
@@ -125,7 +131,7 @@ class PSTALoss(nn.Module):
             features = [features]
         if len(logits) != len(features):
             raise ValueError(f"{len(logits)} logits but {len(features)} feature levels")
-        weights = self.level_weights or [1.0] * len(logits)
+        weights = self.level_weights or [1.0 / len(logits)] * len(logits)
         if len(weights) < len(logits):
             raise ValueError(f"level_weights has {len(weights)} entries for {len(logits)} levels")
         ce_sum = logits[0].new_zeros((), dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of the PSTA recipe (see PSTA_SPEC.md).
+"""Optimiser and learning-rate schedule of the PSTA recipe (docs/SPEC.md, "Optimiser and schedule").
 
 * :func:`build_optimizer`: Adam over the trainable parameters (lr 3.5e-4, weight decay 5e-4 in
   the paper). Frozen parameters (``requires_grad=False``, e.g. the BNNeck bias) are left out, so

@@ -112,9 +112,16 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block-after", type=int, default=0)
     p.add_argument("--save-weights", action="store_true", help="each rank writes weights_rank<r>.pt")
+    p.add_argument("--bn-groups", type=int, default=1)
+    p.add_argument("--progress", action="store_true", help="tqdm bars (shown only on a terminal)")
+    p.add_argument("--log", action="store_true", help="psta.engine's INFO lines to stderr")
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
+    if args.log:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     from psta.engine import TrainConfig, train
     from psta.engine.checkpoint import model_state_dict
 
@@ -125,7 +132,8 @@ def main(argv=None) -> int:
                           block_after=args.block_after, block_file=str(out / "blocked"))
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, num_instances=2, num_workers=0,
                       max_steps_per_epoch=args.steps, warmup_epochs=1, milestones=(1,), seed=args.seed,
-                      precision=args.precision, device=args.device, deterministic=args.device == "cpu", progress=False,
+                      precision=args.precision, device=args.device, deterministic=args.device == "cpu",
+                      progress=args.progress, bn_groups=args.bn_groups,
                       checkpoint_every_steps=args.ckpt_every, resume=args.resume, lr=1e-3)
     metrics = []
     result = train(cfg, model, data, out, on_epoch_end=lambda e, m: metrics.append(m),

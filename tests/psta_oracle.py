@@ -1,4 +1,4 @@
-"""The plain per-pair loop PSTA, written straight from PSTA_SPEC.md and the reference code's loops.
+"""The plain per-pair loop PSTA, written straight from docs/SPEC.md and the reference code's loops.
 
 It is the oracle of tests/test_model.py (batched pair processing must equal it) and the baseline
 of benchmarks/bench_model.py. Its submodules carry the released checkpoints' names, so state

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from torchvision.io import encode_jpeg
+from torchvision.io import decode_image, encode_jpeg
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
 
 from psta.data.cache import CacheError, FrameCache, build_frame_cache, load_frame
 from psta.data.datasets import TestChunks, TestClips, TrainClips
@@ -21,6 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:
 
 H, W = 64, 32
 LENGTHS = [1, 5, 20, 9, 3, 12, 7, 30]  # tracklet lengths (8 tracklets, 4 identities)
+MODES = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
 
 def _smooth_frame(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
@@ -120,6 +123,32 @@ def test_jpeg_cache_reencodes_other_sizes_with_high_psnr(tmp_path):
     ref = torch.stack([load_frame(tmp_path / "src" / p, 128, 64) for p in frames.path])
     assert got.shape == (len(frames), 3, 128, 64)
     assert _psnr(got, ref) >= 40.0
+
+
+def test_each_frame_is_resized_with_its_own_interpolation(tmp_path):
+    """Train frames bicubic, test frames bilinear (the reference's two transforms), one cache."""
+    frames, _ = _write_dataset(tmp_path / "src", 160, 80, seed=2)
+    frames = frames.iloc[:12]
+    interps = ["bicubic"] * 6 + ["bilinear"] * 6
+    st = build_frame_cache(frames, tmp_path / "src", tmp_path / "r", 64, 32, format="raw",
+                           interpolation=interps, progress=False)
+    cache = FrameCache(tmp_path / "r")
+    got = cache.read_rows(np.arange(12))
+    for r, mode in enumerate(interps):
+        src = decode_image(str(tmp_path / "src" / frames.path[r]))
+        want = F.resize(src, [64, 32], interpolation=MODES[mode], antialias=True)
+        other = F.resize(src, [64, 32], interpolation=MODES[{"bicubic": "bilinear"}.get(mode, "bicubic")],
+                         antialias=True)
+        assert torch.equal(got[r], want) and not torch.equal(got[r], other)
+    assert cache.header["resize"]["interpolation"] == {"bicubic": 6, "bilinear": 6}
+    assert st["num_frames"] == 12
+    with pytest.raises(ValueError, match="unknown interpolation 'nearest'"):
+        build_frame_cache(frames, tmp_path / "src", tmp_path / "x", 64, 32, interpolation="nearest",
+                          progress=False)
+    with pytest.raises(ValueError, match="3 interpolation names for 12 frames"):
+        build_frame_cache(frames, tmp_path / "src", tmp_path / "x", 64, 32, interpolation=interps[:3],
+                          progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 def test_parallel_build_is_byte_identical(data, raw_cache, tmp_path):

@@ -68,7 +68,8 @@ def test_ddp_over_nccl_two_gpus(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(SCRIPT), "--out", str(tmp_path),
            "--model", "psta", "--epochs", "1", "--batch-size", "8", "--device", "cuda", "--save-weights"]
-    proc = subprocess.run(cmd, timeout=600, capture_output=True, text=True, env={**os.environ})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's psta
+    proc = subprocess.run(cmd, timeout=600, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     w0 = torch.load(tmp_path / "weights_rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "weights_rank1.pt", weights_only=True)

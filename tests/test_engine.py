@@ -31,6 +31,8 @@ from _train_script import SyntheticClips, TinyReID  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().parent / "_train_script.py"
 PY = sys.executable
+# the training script imports this checkout's psta (not whichever one is installed)
+SCRIPT_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def small_config(**kw) -> TrainConfig:
@@ -198,7 +200,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     """A real PSTA model (resnet18, 32 x 16, T=4); checkpoint every 2 steps; the second run is
     killed while training step 3 of epoch 2 (after the step-2 checkpoint), then resumed."""
     common = [PY, str(SCRIPT), "--model", "psta", "--epochs", "3", "--ckpt-every", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = SCRIPT_ENV
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(common + ["--out", str(full)], check=True, env=env, cwd=ROOT, timeout=300)
 
@@ -231,12 +233,15 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
 
 # ----------------------------------------------------------------------------- DDP
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
+@pytest.mark.parametrize("bn_groups", [1, 2])
+def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path, bn_groups):
+    """bn_groups 2 under DDP: each rank forwards its 4 clips as two BatchNorm groups of 2."""
     torchrun = Path(PY).parent / "torchrun"
     out = tmp_path / "ddp"
     cmd = [str(torchrun), "--standalone", "--nnodes", "1", "--nproc_per_node", "2", str(SCRIPT),
-           "--out", str(out), "--model", "psta", "--epochs", "1", "--batch-size", "8", "--save-weights"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+           "--out", str(out), "--model", "psta", "--epochs", "1", "--batch-size", "8", "--save-weights",
+           "--bn-groups", str(bn_groups)]
+    env = SCRIPT_ENV
     proc = subprocess.run(cmd, env=env, cwd=ROOT, timeout=300, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     w0 = torch.load(out / "weights_rank0.pt", weights_only=True)
@@ -293,25 +298,248 @@ def test_training_with_held_out_validation(tmp_path):
         assert m["val_num_valid_queries"] > 0
 
 
-def test_loader_factory_and_evaluate_hook(tmp_path):
-    data = SyntheticClips()
-    calls = []
+class _ShuffledSampler(torch.utils.data.Sampler):
+    """A caller's own batch order: a fresh permutation of the first 20 items every epoch."""
 
-    def factory(epoch, start_batch, dist_info):
-        g = torch.Generator().manual_seed(epoch)
-        order = torch.randperm(len(data), generator=g).tolist()
-        batches = [order[i:i + 4] for i in range(0, 20, 4)][start_batch:]
-        calls.append((epoch, start_batch, dist_info.world_size))
-        return [torch.utils.data.default_collate([data[i] for i in b]) for b in batches]
+    def __init__(self, n, epochs_seen):
+        self.n, self.epochs_seen, self.epoch = n, epochs_seen, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.epochs_seen.append(epoch)
+
+    def __len__(self):
+        return 20
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[:20].tolist())
+
+
+def test_sampler_factory_and_evaluate_hook(tmp_path):
+    data = SyntheticClips()
+    epochs_seen, calls = [], []
+
+    def factory(labels, config, dist_info):
+        calls.append((len(labels), dist_info.world_size))
+        return _ShuffledSampler(len(labels), epochs_seen)
 
     metrics = []
     torch.manual_seed(0)
-    train(small_config(epochs=2, eval_every=2), TinyReID(8), factory, tmp_path,
+    train(small_config(epochs=2, eval_every=2), TinyReID(8), data, tmp_path, sampler_factory=factory,
           evaluate=lambda model, idx: {"calls": float(not model.training)},
           on_epoch_end=lambda e, m: metrics.append(m))
-    assert calls == [(0, 0, 1), (1, 0, 1)]
+    assert calls == [(len(data), 1)] and epochs_seen == [0, 1]
     assert [m["steps"] for m in metrics] == [5, 5]
     assert "val_calls" not in metrics[0] and metrics[1]["val_calls"] == 1.0
+
+
+def test_train_data_must_be_a_dataset(tmp_path):
+    with pytest.raises(TypeError, match="map-style torch Dataset"):
+        train(small_config(), TinyReID(8), lambda epoch, start, info: [], tmp_path)
+
+
+# ----------------------------------------------------------------------------- BatchNorm groups
+class _FixedClips(torch.utils.data.Dataset):
+    """Deterministic clips (no random noise or flip): 4 identities x 2 tracklets."""
+
+    def __init__(self, seq_len=4, height=32, width=16):
+        g = torch.Generator().manual_seed(11)
+        self.clips = torch.randn(8, seq_len, 3, height, width, generator=g)
+        self.labels = [0, 0, 1, 1, 2, 2, 3, 3]
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, key):
+        i = int(key[0]) if isinstance(key, (tuple, list)) else int(key)
+        return self.clips[i], self.labels[i], i % 2
+
+
+class _InOrder(torch.utils.data.Sampler):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return iter(range(self.n))
+
+
+def _bn_buffers(model):
+    return {k: v.clone() for k, v in model.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def _small_psta():
+    from psta.model import build_model
+
+    torch.manual_seed(0)
+    return build_model("psta", num_classes=4, seq_len=4, height=32, width=16, backbone="resnet18")
+
+
+def test_bn_groups_equals_running_the_halves_separately():
+    import copy
+
+    from psta.engine import forward_in_groups
+
+    model = _small_psta().train()
+    x = _FixedClips().clips
+    halves = copy.deepcopy(model)
+    first = halves(x[:4])  # as the first DataParallel replica ...
+    first_stats = _bn_buffers(halves)
+    second = halves(x[4:])  # ... and the second one
+    whole = copy.deepcopy(model)(x)
+    logits, feats = forward_in_groups(model, x, 2)
+    assert len(logits) == len(feats) == 2  # T = 4: two pyramid levels
+    for level in range(2):
+        torch.testing.assert_close(logits[level], torch.cat([first[0][level], second[0][level]]))
+        torch.testing.assert_close(feats[level], torch.cat([first[1][level], second[1][level]]))
+        assert not torch.allclose(feats[level], whole[1][level], atol=1e-3)  # BN over 4, not 8 clips
+    # running statistics: the first group's update only (the replica that shares the buffers)
+    stats = _bn_buffers(model)
+    assert stats.keys() == first_stats.keys()
+    for k in stats:
+        torch.testing.assert_close(stats[k], first_stats[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not split into 3"):
+        forward_in_groups(model, x, 3)
+
+
+def test_bn_groups_training_step_computes_the_loss_over_the_whole_batch(tmp_path):
+    """One step of train(bn_groups=2) = forward the halves, one loss over all 8 clips, one Adam step."""
+    import copy
+
+    from psta.losses import PSTALoss
+    from psta.solver import build_optimizer
+
+    data = _FixedClips()
+    model = _small_psta()
+    ref = copy.deepcopy(model).train()
+    first_only = copy.deepcopy(model).train()
+    cfg = small_config(epochs=1, batch_size=8, bn_groups=2, warmup_epochs=0, milestones=(), lr=1e-3)
+    train(cfg, model, data, tmp_path, sampler_factory=lambda labels, c, d: _InOrder(len(labels)))
+
+    x, y = data.clips, torch.tensor(data.labels)
+    a, b = ref(x[:4]), ref(x[4:])
+    logits = [torch.cat([p, q]) for p, q in zip(a[0], b[0])]
+    feats = [torch.cat([p, q]) for p, q in zip(a[1], b[1])]
+    loss, _ = PSTALoss()(logits, feats, y)  # hard-triplet mining over all 8 clips (4 identities)
+    opt = build_optimizer(ref, lr=1e-3, weight_decay=5e-4)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    first_only(x[:4])
+    trained = weights(tmp_path / MODEL_NAME)
+    expected = {**ref.state_dict(), **_bn_buffers(first_only)}
+    assert trained.keys() == expected.keys()
+    for k in trained:
+        torch.testing.assert_close(trained[k], expected[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_bn_groups_must_divide_the_batch(tmp_path):
+    with pytest.raises(ValueError, match="bn_groups"):
+        TrainConfig(batch_size=8, num_instances=2, bn_groups=3)
+
+
+# ----------------------------------------------------------------------------- model selection
+def test_select_best_val_keeps_the_best_validation_epoch(tmp_path):
+    scores = {0: 0.2, 1: 0.5, 2: 0.3, 3: 0.5}  # epoch 3 ties epoch 1 on rank-1, loses on mAP
+    snapshots = {}
+
+    def evaluate(model, idx):
+        epoch = len(snapshots)
+        return {"rank1": scores[epoch], "mAP": 0.4 if epoch == 1 else 0.1}
+
+    def run(epochs, out):
+        import copy
+
+        torch.manual_seed(0)
+        model = TinyReID(8)
+        cfg = small_config(epochs=epochs, eval_every=1, val_ids=(7,), select="best_val")
+        result = train(cfg, model, SyntheticClips(), out, evaluate=evaluate,
+                       on_epoch_end=lambda e, m: snapshots.__setitem__(e, copy.deepcopy(model.state_dict())))
+        return model, result
+
+    model, result = run(2, tmp_path / "a")  # epochs 0, 1; then resumed for epochs 2, 3
+    model, result = run(4, tmp_path / "a")
+    assert sorted(snapshots) == [0, 1, 2, 3] and result.selected_epoch == 1
+    saved = torch.load(tmp_path / "a" / MODEL_NAME, weights_only=True)
+    assert saved["selection"] == {"rule": "best_val", "epoch": 1, "val_rank1": 0.5, "val_mAP": 0.4}
+    assert_same_weights(saved["state_dict"], snapshots[1])
+    assert_same_weights(model.state_dict(), snapshots[1])  # the caller's model holds the selected weights
+    assert any(not torch.equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])
+
+    torch.manual_seed(0)
+    last = train(small_config(epochs=2), TinyReID(8), SyntheticClips(), tmp_path / "b")
+    assert last.selected_epoch == 1
+    assert torch.load(tmp_path / "b" / MODEL_NAME, weights_only=True)["selection"] == {"rule": "last", "epoch": 1}
+
+
+def test_select_best_val_needs_validation(tmp_path):
+    with pytest.raises(ValueError, match="best_val needs held-out validation identities: set val_fraction or val_ids"):
+        TrainConfig(select="best_val")
+    with pytest.raises(ValueError, match="select='best_val' needs an evaluate= callback"):
+        train(small_config(select="best_val", val_ids=(7,)), TinyReID(8), SyntheticClips(), tmp_path)
+    with pytest.raises(ValueError, match="select"):
+        TrainConfig(select="best_test")
+
+
+# ----------------------------------------------------------------------------- logs
+def test_one_summary_line_per_epoch_on_the_engine_logger(tmp_path, caplog, capsys):
+    data = SyntheticClips(num_ids=10, per_id=3, noise=0.1)
+    cfg = small_config(epochs=2, eval_every=1, val_ids=(2, 5), progress=True)
+    torch.manual_seed(0)
+    with caplog.at_level("INFO", logger="psta.engine"):
+        train(cfg, TinyReID(10), data, tmp_path,
+              evaluate=HeldoutEvaluator(SyntheticClips(10, 3, noise=0.0), batch_size=4))
+    lines = [r.getMessage() for r in caplog.records if r.name == "psta.engine" and r.getMessage().startswith("epoch")]
+    assert len(lines) == 2
+    pattern = (r"epoch {}/2: loss \d+\.\d{{4}} \(ce \d+\.\d{{4}}, triplet \d+\.\d{{4}}\), lr \d\.\d\de-\d\d, "
+               r"\d+\.\d clips/s, \d+\.\d s, val rank-1 \d+\.\d% mAP \d+\.\d%$")
+    import re
+
+    for epoch, line in enumerate(lines, 1):
+        assert re.match(pattern.format(epoch), line), line
+    assert "step/s" not in capsys.readouterr().err  # stderr is no terminal here: no tqdm bar
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bars_only_on_a_terminal(tmp_path, terminal):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    cmd = [PY, str(SCRIPT), "--out", str(tmp_path / "o"), "--epochs", "2", "--progress", "--log"]
+    env = SCRIPT_ENV
+    if terminal:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # 100 columns
+        proc = subprocess.Popen(cmd, stderr=slave, stdout=subprocess.DEVNULL, env=env, cwd=ROOT)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(master)
+        assert proc.wait(timeout=120) == 0
+        err = b"".join(chunks).decode(errors="replace")
+    else:
+        with open(tmp_path / "err.log", "w") as log_file:
+            subprocess.run(cmd, stderr=log_file, stdout=subprocess.DEVNULL, env=env, cwd=ROOT, check=True, timeout=120)
+        err = (tmp_path / "err.log").read_text()
+    summaries = [line for line in err.splitlines() if "psta.engine INFO epoch" in line]
+    assert [line.split(":")[0] for line in summaries] == ["psta.engine INFO epoch 1/2", "psta.engine INFO epoch 2/2"]
+    assert ("step/s" in err or "s/step" in err) == terminal, err[-2000:]
+    if not terminal:
+        assert max(len(line) for line in err.splitlines()) < 300  # no bar redrawn into one long line
 
 
 # ----------------------------------------------------------------------------- learning

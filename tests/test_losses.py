@@ -100,32 +100,67 @@ def test_ce_accepts_bf16_logits_and_computes_in_fp32():
     torch.testing.assert_close(out, F.cross_entropy(logits.float(), y, label_smoothing=0.1))
 
 
-def test_psta_loss_sums_levels_with_weights():
+def test_psta_loss_averages_levels_as_the_reference():
     g = torch.Generator().manual_seed(1)
     y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     logits = [torch.randn(8, 4, generator=g) for _ in range(3)]
     feats = [torch.randn(8, 6, generator=g) for _ in range(3)]
     total, parts = PSTALoss()(logits, feats, y)
-    ce = sum(F.cross_entropy(lg, y, label_smoothing=0.1) for lg in logits)
-    tri = sum(triplet_loop(f, y, 0.3, "cosine") for f in feats)
+    # by hand: the mean over the 3 levels of the label-smoothed CE, plus the mean of the triplets
+    ce_levels = [F.cross_entropy(lg, y, label_smoothing=0.1) for lg in logits]
+    tri_levels = [triplet_loop(f, y, 0.3, "cosine") for f in feats]
+    ce = (ce_levels[0] + ce_levels[1] + ce_levels[2]) / 3
+    tri = (tri_levels[0] + tri_levels[1] + tri_levels[2]) / 3
     torch.testing.assert_close(parts["ce"], ce)
     torch.testing.assert_close(parts["triplet"], tri)
     torch.testing.assert_close(total, ce + tri)
+    torch.testing.assert_close(parts["total"], total)
+    # level_weights (ablations): [1, 1, 1] is the sum, three times the reference's value
+    summed, _ = PSTALoss(level_weights=[1, 1, 1])(logits, feats, y)
+    torch.testing.assert_close(summed, 3 * total)
     w = PSTALoss(level_weights=[0.5, 0.0, 2.0], ce_weight=1.0, triplet_weight=0.5)
     total_w, _ = w(logits, feats, y)
     want = sum(lw * (F.cross_entropy(lg, y, label_smoothing=0.1) + 0.5 * triplet_loop(f, y, 0.3, "cosine"))
                for lw, lg, f in zip([0.5, 0.0, 2.0], logits, feats))
     torch.testing.assert_close(total_w, want)
-    # a bare tensor is one level (the TAP baseline)
+    # a bare tensor is one level (the TAP baseline): the mean of one level is that level
     t1, _ = PSTALoss()(logits[0], feats[0], y)
-    torch.testing.assert_close(t1, F.cross_entropy(logits[0], y, label_smoothing=0.1) + triplet_loop(feats[0], y, 0.3, "cosine"))
+    one_level = F.cross_entropy(logits[0], y, label_smoothing=0.1) + triplet_loop(feats[0], y, 0.3, "cosine")
+    torch.testing.assert_close(t1, one_level)
     with pytest.raises(ValueError, match="levels"):
         PSTALoss()(logits, feats[:2], y)
 
 
+def test_psta_loss_fixed_values():
+    """Fixed logits / features, the total worked out by hand (not with the functions under test)."""
+    y = torch.tensor([0, 0, 1, 1])
+    # every level: logits favour the right class by 2 nats; 2 classes, eps = 0.1
+    logits = [torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0]]) * s for s in (1.0, 0.5, 0.0)]
+    e = math.exp
+    def ce_by_hand(a):  # -((1 - eps) + eps / 2) log p_true - (eps / 2) log p_other
+        lp_true, lp_other = -math.log(1 + e(-a)), -math.log(1 + e(a))
+        return -(0.95 * lp_true + 0.05 * lp_other)
+    ce = (ce_by_hand(2.0) + ce_by_hand(1.0) + ce_by_hand(0.0)) / 3
+    # features: unit vectors; identity 0 at angle 0 and 60 deg, identity 1 at 90 and 180 deg
+    def unit(deg):
+        return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+    f = torch.tensor([unit(0), unit(60), unit(90), unit(180)])
+    # cosine distances: d(0,60)=0.5, d(0,90)=1, d(0,180)=2, d(60,90)=1-cos30, d(60,180)=1.5, d(90,180)=1
+    c30 = 1 - math.cos(math.radians(30))
+    hinge = [max(0.0, 0.5 - 1.0 + 0.3),   # anchor 0: d_ap 0.5, d_an 1
+             max(0.0, 0.5 - c30 + 0.3),   # anchor 60: d_ap 0.5, d_an 1 - cos 30
+             max(0.0, 1.0 - c30 + 0.3),   # anchor 90: d_ap 1, d_an 1 - cos 30
+             max(0.0, 1.0 - 1.5 + 0.3)]   # anchor 180: d_ap 1, d_an 1.5
+    tri = sum(hinge) / 4  # the same features at all three levels: the mean is that value
+    total, parts = PSTALoss()(logits, [f, f, f], y)
+    assert abs(parts["ce"].item() - ce) < 1e-6
+    assert abs(parts["triplet"].item() - tri) < 1e-6
+    assert abs(total.item() - (ce + tri)) < 1e-6
+
+
 # ----------------------------------------------------------------------------- solver
 def spec_lr(epoch: int, base=3.5e-4) -> float:
-    """PSTA_SPEC.md: linear warm-up over 10 epochs from 0.01 x lr, x0.3 at 70, 140, 210, 310, 410."""
+    """docs/SPEC.md: linear warm-up over 10 epochs from 0.01 x lr, x0.3 at 70, 140, 210, 310, 410."""
     warm = 0.01 + (1 - 0.01) * epoch / 10 if epoch < 10 else 1.0
     drops = sum(epoch >= m for m in (70, 140, 210, 310, 410))
     return base * warm * 0.3 ** drops

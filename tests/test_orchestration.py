@@ -217,6 +217,45 @@ def test_tracking_server_holds_parent_and_stage_runs_and_the_registered_model(pr
     torch.testing.assert_close(got, expected)
 
 
+def test_tracking_server_holds_verification_datasets_and_report_images(project, tracking_server):
+    """The calibrated threshold on the run and the registered version, the dataset as an input
+    of the index and train runs, the report's figures as images: read back over REST."""
+    api = f"{tracking_server}/api/2.0/mlflow"
+    experiment = get_json(f"{api}/experiments/get-by-name?experiment_name=psta")["experiment"]
+    runs = get_json(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    stage = {next(t["value"] for t in r["data"]["tags"] if t["key"] == "stage"): r for r in runs}
+    metrics = json.loads((project.path / "reports/metrics.json").read_text())
+    v = metrics["mars_official"]["verification"]
+    assert 0 < v["threshold"] < 2 and v["target_fpr"] == 1e-3 and v["distance"] == "cosine"
+
+    logged = {m["key"]: m["value"] for m in stage["evaluate"]["data"]["metrics"]}
+    assert logged["mars_official.verification.threshold"] == pytest.approx(v["threshold"])
+    assert logged["mars_official.rank1_ci95_low"] <= logged["mars_official.rank1"]
+    version = get_json(f"{api}/model-versions/get?name=psta-mars&version=1")["model_version"]
+    tags = {t["key"]: t["value"] for t in version["tags"]}
+    assert float(tags["verification_threshold"]) == v["threshold"]
+    assert tags["verification_distance"] == "cosine" and float(tags["verification_target_fpr"]) == 1e-3
+
+    digest = None
+    for name, context in (("index", "index"), ("train", "training")):
+        run = get_json(f"{api}/runs/get?run_id={stage[name]['info']['run_id']}")["run"]
+        (entry,) = run["inputs"]["dataset_inputs"]
+        dataset = entry["dataset"]
+        assert dataset["name"] == "synthetic-mars" and len(dataset["digest"]) == 12
+        assert json.loads(dataset["source"])["uri"] == str((project.path / "data/raw/MARS").resolve())
+        assert {t["key"]: t["value"] for t in entry["tags"]}["mlflow.data.context"] == context
+        assert digest in (None, dataset["digest"])   # both runs saw the same index
+        digest = dataset["digest"]
+
+    report_id = stage["report"]["info"]["run_id"]
+    images = get_json(f"{api}/artifacts/list?run_id={report_id}&path=images")["files"]
+    logged_png = {f["path"].split("/")[1].split("+step+")[0] for f in images if f["path"].endswith(".png")}
+    assert logged_png >= {"cmc", "roc", "distances", "ap_hist", "embedding", "training", "ranked_best_1"}
+    # the report names the version the evaluate run registered, and that run
+    html = (project.path / "reports/report.html").read_text()
+    assert "psta-mars version 1" in html and stage["evaluate"]["info"]["run_id"] in html
+
+
 def test_unreachable_tracking_server_warns_and_logs_locally(project, tmp_path):
     copy = tmp_path / "project"
     copy_project(project.path, copy)

@@ -83,6 +83,17 @@ OUT_OF_RANGE = [
     ({"train": {"channels_last": "yes"}}, "train.channels_last: expected 'auto' | 'on' | 'off', got str 'yes'"),
     ({"train": {"level_weights": [1, 1]}, "model": {"seq_len": 8}},
      "train.level_weights: expected [] or 3 weights, one per pyramid level of model.arch psta with seq_len 8"),
+    ({"train": {"bn_groups": 0}}, "train.bn_groups: expected int >= 1, got int 0"),
+    ({"train": {"bn_groups": 3}}, "train.bn_groups: expected a divisor of batch_size (32): equal BatchNorm groups, "
+                                  "got int 3"),
+    ({"train": {"select": "best_test"}}, "train.select: expected 'last' | 'best_val', got str 'best_test'"),
+    ({"train": {"select": "best_val"}}, "train.select: expected 'last' unless validation identities are held out"),
+    ({"cache": {"train_interpolation": "nearest"}},
+     "cache.train_interpolation: expected 'bicubic' | 'bilinear', got str 'nearest'"),
+    ({"cache": {"test_interpolation": "lanczos"}},
+     "cache.test_interpolation: expected 'bicubic' | 'bilinear', got str 'lanczos'"),
+    ({"evaluate": {"max_clips": -1}}, "evaluate.max_clips: expected int >= 0, got int -1"),
+    ({"evaluate": {"seed": -2}}, "evaluate.seed: expected int >= 0, got int -2"),
     ({"retrain": {"cron": "every sunday"}}, "retrain.cron: expected a cron expression Prefect accepts"),
     ({"retrain": {"cron": "61 * * * *"}}, "retrain.cron: expected a cron expression Prefect accepts"),
     ({"synthetic": {"cameras_per_id": [2, 7]}}, "synthetic.cameras_per_id: expected [lo, hi] with 2 <= lo <= hi "
@@ -95,6 +106,9 @@ OUT_OF_RANGE = [
     ({"videos": {"test_fraction": 1.0}}, "videos.test_fraction: expected float in (0, 1), got float 1.0"),
     ({"videos": {"max_tracklet_len": 1000}}, "videos.max_tracklet_len: expected int in [1, 999], got int 1000"),
     ({"report": {"num_examples": -1}}, "report.num_examples: expected int >= 0, got int -1"),
+    ({"evaluate": {"target_fpr": 0}}, "evaluate.target_fpr: expected float in (0, 1), got int 0"),
+    ({"evaluate": {"target_fpr": 1.5}}, "evaluate.target_fpr: expected float in (0, 1), got float 1.5"),
+    ({"evaluate": {"bootstrap": -1}}, "evaluate.bootstrap: expected int >= 0, got int -1"),
     ({"tracking": {"experiment": ""}}, "tracking.experiment: expected str"),
 ]
 
@@ -186,6 +200,14 @@ def test_paper_configs_are_complete_and_hold_the_recipe(name):
     assert (params.model.height, params.model.width, params.model.seq_len) == (256, 128, 8)
     assert params.train.epochs == 500 and params.train.milestones == (70, 140, 210, 310, 410)
     assert params.train.batch_size == 32 and params.train.num_instances == 4
+    # the reference's recipe: fp32 throughout, the mean of the level losses (CE + triplet, each
+    # weighted 1), train frames resized bicubically and test frames bilinearly, <= 200 dense clips
+    assert params.train.precision == "fp32" and params.evaluate.precision == "fp32"
+    assert params.train.level_weights == () and (params.train.ce_weight, params.train.triplet_weight) == (1, 1)
+    assert (params.cache.train_interpolation, params.cache.test_interpolation) == ("bicubic", "bilinear")
+    assert params.evaluate.max_clips == 200
+    assert params.train.bn_groups == 2  # BatchNorm over 16 clips, the loss over all 32, as on 2 GPUs
+    assert params.train.select == "last"  # never the test set
 
 
 @pytest.mark.parametrize("root, how, out", [
@@ -246,6 +268,10 @@ def test_resume_from_an_existing_checkpoint_and_torchrun_batch_split(monkeypatch
     with pytest.raises(ParamsError, match=r"train.batch_size: expected a multiple of WORLD_SIZE x num_instances "
                                           r"\(3 x 4\) under torchrun, got int 32"):
         check_stages(parse_params({"train": {"batch_size": 32}}), ("train",))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # 24 clips split into 8 groups, but 12 per rank do not
+    with pytest.raises(ParamsError, match=r"train.bn_groups: expected a divisor of the 12 clips each of the 2 "
+                                          r"torchrun ranks trains on per step, got int 8"):
+        check_stages(parse_params({"train": {"batch_size": 24, "bn_groups": 8}}), ("train",))
 
 
 # ------------------------------------------------------------------ DVC's writer: one line per -S

@@ -21,17 +21,22 @@ from PIL import Image
 
 from psta.data.cache import FrameCache, build_frame_cache
 from psta.data.synthetic import SyntheticConfig, generate_mars
-from psta.evaluation import evaluate_protocol
+from psta.evaluation import evaluate_protocol, pairwise_distance, protocol_split
 from psta.evaluation.outputs import write_eval_outputs, write_metrics
 from psta.index import index_from_manifest, ingest
-from psta.report import (MATCH_COLOR, MISS_COLOR, QUERY_COLOR, ReportInputError, paper_table,
-                         build_report, strip_layout)
+from psta.report import MATCH_COLOR, MISS_COLOR, QUERY_COLOR, ReportInputError, build_report, paper_table, strip_layout
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("mars_official", "mars_torchreid")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-TILE_HEIGHT = 128
+TILE_HEIGHT = 112   # build_report's default
+PLOTS = ["cmc.png", "roc.png", "distances.png", "ap_hist.png", "embedding.png", "training.png"]
+MODEL = {"arch": "psta", "backbone": "resnet18", "height": 64, "width": 32, "seq_len": 4,
+         "pretrained": "none", "epochs": 12, "precision": "auto (bf16)", "train_identities": 3,
+         "val_identities": 1}
+PROVENANCE = {"date": "2026-01-02 03:04 UTC", "git_commit": "0123456789abcdef0123", "params_hash": "feedbeef",
+              "mlflow_run_id": "a1b2c3d4e5"}
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -80,12 +85,13 @@ def inputs(tmp_path_factory) -> dict:
         untrained = {n: evaluate_protocol(n, untrained_feats, test, topk=10, max_rank=10) for n in PROTOCOLS}
     reports = tmp / "reports"
     summary = write_eval_outputs(tmp / "eval", test, feats, results, untrained, dataset="mars",
-                                 sampling="begin", metric="cosine", rerank=False)
+                                 sampling="begin", metric="cosine", rerank=False, model=MODEL,
+                                 provenance=PROVENANCE)
     write_metrics(summary, reports / "metrics.json", reports / "cmc.csv")
     write_history(reports / "train_history.csv")
     return {"tmp": tmp, "root": root, "index": tmp / "index", "cache": tmp / "cache",
             "eval": tmp / "eval", "reports": reports, "results": results, "untrained": untrained,
-            "test": test, "summary": summary}
+            "test": test, "summary": summary, "feats": feats}
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +154,9 @@ def pct(x: float) -> str:
 
 def test_report_files_and_summary(report):
     assert Path(report["html"]).is_file() and Path(report["md"]).is_file()
-    # CMC + training curves + 3 best + 3 worst ranked lists
-    assert report["num_figures"] == 8
-    assert report["figures"][:2] == ["cmc.png", "training.png"]
+    # the plots + 3 best + 3 worst ranked lists
+    assert report["num_figures"] == len(PLOTS) + 6
+    assert report["figures"][:len(PLOTS)] == PLOTS
     assert len(report["examples"]["best"]) == 3 and len(report["examples"]["worst"]) == 3
     assert not set(report["examples"]["best"]) & set(report["examples"]["worst"])
     assert report["missing"] == {}
@@ -196,17 +202,21 @@ def test_html_has_paper_and_our_numbers(report, inputs):
     for v in ("91.5", "85.8", "98.3", "97.7"):
         assert v in flat
     assert "MARS" in text and "DukeMTMC-VideoReID" in text
+    # how the paper's number was chosen (best test-set epoch) and how ours is
+    assert "is epoch 350 of 500), a model chosen on the test set" in text
+    assert "never looks at the test set to choose" in text
 
 
 def test_per_camera_table(report, inputs):
     table = report["parsed"].tables["camera-table"]
     header, rows = table[0], table[1:]
     per_cam = inputs["results"]["mars_official"]["per_camera"]
-    assert sorted(int(r[0]) for r in rows) == sorted(per_cam)
+    # cameras as the file names write them: camid 0 is C1
+    assert [r[0] for r in rows] == [f"C{c + 1}" for c in sorted(per_cam)]
     c_r1 = header.index("Rank-1 (%) mars_official")
     c_map = header.index("mAP (%) mars_official")
     for row in rows:
-        m = per_cam[int(row[0])]
+        m = per_cam[int(row[0][1:]) - 1]
         assert row[1] == str(m["num_queries"])
         assert row[c_r1] == (pct(m["rank1"]) if np.isfinite(m["rank1"]) else "–")
         assert row[c_map] == (pct(m["mAP"]) if np.isfinite(m["mAP"]) else "–")
@@ -222,45 +232,90 @@ def test_dataset_statistics(report, inputs):
     assert "Distractor tracklets" in report["html_text"]
 
 
+def strip_boxes(img_attrs: dict, n_frames: int, tile_w: int):
+    """The tile layout of one ranked-list picture, from its data-ranks attribute."""
+    ranks = [int(r) for r in img_attrs["data-ranks"].split(",")]
+    breaks = [i for i in range(1, len(ranks)) if ranks[i] != ranks[i - 1] + 1]
+    return ranks, strip_layout(min(3, n_frames), len(ranks), TILE_HEIGHT, tile_w, breaks)
+
+
+def check_strip_colours(img: np.ndarray, lay, matches: list[bool]) -> dict[str, int]:
+    colours = {"green": 0, "red": 0}
+    assert img.shape == (lay.height, lay.width, 3)
+    for x0, y0, _, _ in lay.query_boxes:
+        assert tuple(img[y0 + 1, x0 + 1]) == QUERY_COLOR
+    for match, (x0, y0, x1, y1) in zip(matches, lay.gallery_boxes):
+        want = MATCH_COLOR if match else MISS_COLOR
+        cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+        # all four sides of the frame, and the frame's inside is the picture, not the colour
+        for y, x in ((y0, cx), (y1 - 1, cx), (cy, x0), (cy, x1 - 1), (y0 + 1, x0 + 1)):
+            assert tuple(img[y, x]) == want, (match, (y, x))
+        inner = img[y0 + 6:y1 - 6, x0 + 6:x1 - 6].reshape(-1, 3)
+        assert (np.abs(inner.astype(int) - want).sum(1) > 30).mean() > 0.5
+        colours["green" if match else "red"] += 1
+    return colours
+
+
 def test_ranked_lists_framed_green_and_red(report, inputs):
     ranked = pd.read_parquet(inputs["eval"] / "ranked.parquet")
     ranked = ranked[ranked["protocol"] == "mars_official"]
     imgs = [a for t, a in report["parsed"].tags if t == "img" and "data-query" in a]
     assert len(imgs) == 6
-    ap = ranked.groupby("query_tracklet_id")["query_ap"].first()
+    per_q = ranked.groupby("query_tracklet_id")[["query_ap", "query_margin"]].first()
     best = [int(a["data-query"]) for a in imgs if a["data-kind"] == "best"]
     worst = [int(a["data-query"]) for a in imgs if a["data-kind"] == "worst"]
-    assert ap[best].min() >= ap.drop(best).max()            # the best by AP
-    others = ap.drop(best).drop(worst)
+    # best: the largest margins between the closest non-match and the closest match
+    assert per_q.loc[best, "query_margin"].is_monotonic_decreasing
+    assert per_q.loc[best, "query_margin"].min() >= per_q["query_margin"].drop(best).max()
+    others = per_q.drop(best).drop(worst)
     if len(others):
-        assert ap[worst].max() <= others.min()               # the worst of the rest
-    assert ap[worst[0]] == ap.min()                          # worst = lowest AP first
+        assert per_q.loc[worst, "query_ap"].max() <= others["query_ap"].min()   # the worst of the rest
+    assert per_q.loc[worst[0], "query_ap"] == per_q["query_ap"].drop(best).min()
 
     frame_h, frame_w = FrameCache(inputs["cache"]).height, FrameCache(inputs["cache"]).width
     tile_w = round(TILE_HEIGHT * frame_w / frame_h)
     colours = {"green": 0, "red": 0}
     for a in imgs:
         q = int(a["data-query"])
-        truth = ranked[ranked["query_tracklet_id"] == q].sort_values("rank")["match"].tolist()
-        img = decode_data_uri(a["src"])
+        rows = ranked[ranked["query_tracklet_id"] == q].sort_values("rank")
         n_frames = int(inputs["test"].set_index("tracklet_id").loc[q, "n_frames"])
-        lay = strip_layout(min(4, n_frames), len(truth), TILE_HEIGHT, tile_w)
-        assert img.shape == (lay.height, lay.width, 3)
-        for x0, y0, x1, y1 in lay.query_boxes:
-            assert tuple(img[y0 + 1, x0 + 1]) == QUERY_COLOR
-        for match, (x0, y0, x1, y1) in zip(truth, lay.gallery_boxes):
-            want = MATCH_COLOR if match else MISS_COLOR
-            cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-            # all four sides of the frame, and the frame's inside is the picture, not the colour
-            for y, x in ((y0, cx), (y1 - 1, cx), (cy, x0), (cy, x1 - 1), (y0 + 1, x0 + 1)):
-                assert tuple(img[y, x]) == want, (q, match, (y, x))
-            inner = img[y0 + 6:y1 - 6, x0 + 6:x1 - 6].reshape(-1, 3)
-            assert (np.abs(inner.astype(int) - want).sum(1) > 30).mean() > 0.5
-            colours["green" if match else "red"] += 1
+        ranks, lay = strip_boxes(a, n_frames, tile_w)
+        assert ranks == rows["rank"].tolist()   # the first match is in every top-10 here
+        for k, v in check_strip_colours(decode_data_uri(a["src"]), lay, rows["match"].tolist()).items():
+            colours[k] += v
     assert colours["green"] > 0 and colours["red"] > 0
     # the best query's top match is a match, the worst query's is not
     first = {int(a["data-query"]): a["data-matches"][0] for a in imgs}
     assert first[best[0]] == "1" and first[worst[0]] == "0"
+
+
+def test_worst_queries_show_their_first_match_beyond_the_list(inputs, tmp_path):
+    """With ranked lists shorter than the first match's rank, the strip appends that match
+    (green, after a gap, labelled with its rank)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = {n: evaluate_protocol(n, inputs["feats"], inputs["test"], topk=2, max_rank=10)
+                   for n in PROTOCOLS}
+    write_eval_outputs(tmp_path / "eval", inputs["test"], inputs["feats"], results, dataset="mars")
+    out = build_report(tmp_path / "eval", inputs["index"], inputs["cache"], None, None,
+                       tmp_path / "report.html", tmp_path / "report.md", num_examples=2)
+    parsed = parse_html(Path(out["html"]).read_text(encoding="utf-8"))
+    worst = [a for t, a in parsed.tags if t == "img" and a.get("data-kind") == "worst"]
+    res = results["mars_official"]
+    first_rank = dict(zip(res["query_tracklet_ids"].tolist(), res["first_match_rank"].tolist()))
+    first_id = dict(zip(res["query_tracklet_ids"].tolist(), res["first_match_tracklet_ids"].tolist()))
+    beyond = [a for a in worst if first_rank[int(a["data-query"])] > 2]
+    assert beyond, "the fixture has a worst query whose first match is below rank 2"
+    frame_h, frame_w = FrameCache(inputs["cache"]).height, FrameCache(inputs["cache"]).width
+    for a in beyond:
+        q = int(a["data-query"])
+        n_frames = int(inputs["test"].set_index("tracklet_id").loc[q, "n_frames"])
+        ranks, lay = strip_boxes(a, n_frames, round(TILE_HEIGHT * frame_w / frame_h))
+        assert ranks == [1, 2, first_rank[q]] and a["data-matches"] == "001"
+        gap = lay.gallery_boxes[2][0] - lay.gallery_boxes[1][2]
+        assert gap > 20 if first_rank[q] > 3 else gap < 10   # a gap unless it is rank 3
+        check_strip_colours(decode_data_uri(a["src"]), lay, [False, False, True])
+        assert first_id[q] >= 0
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -276,18 +331,19 @@ def test_markdown_lists_the_same_numbers(report, inputs):
     assert "91.5" in md and "85.8" in md and "98.3" in md and "97.7" in md
     for name in PROTOCOLS:
         r = inputs["results"][name]
-        row = next(l for l in md.splitlines() if l.startswith("|") and "Ours, trained" in l and name in l)
+        row = next(line for line in md.splitlines()
+                   if line.startswith("|") and "Ours, trained" in line and name in line)
         assert pct(r["rank1"]) in row and pct(r["mAP"]) in row
-        row = next(l for l in md.splitlines() if "Ours, untrained" in l and name in l)
+        row = next(line for line in md.splitlines() if "Ours, untrained" in line and name in line)
         assert pct(inputs["untrained"][name]["rank1"]) in row
     per_cam = inputs["results"]["mars_official"]["per_camera"]
     for cam, m in per_cam.items():
-        row = next(l for l in md.splitlines() if l.startswith(f"| {cam} |"))
+        row = next(line for line in md.splitlines() if line.startswith(f"| C{cam + 1} |"))
         assert pct(m["rank1"]) in row if np.isfinite(m["rank1"]) else "–" in row
     # the HTML results table and the Markdown one hold the same cells
     html_rows = report["parsed"].tables["results-table"]
-    md_rows = [[c.strip().strip("*") for c in l.strip("|").split("|")]
-               for l in md.splitlines() if l.startswith("| ") and ("Ours," in l or "PSTA paper" in l)]
+    md_rows = [[c.strip().strip("*") for c in line.strip("|").split("|")]
+               for line in md.splitlines() if line.startswith("| ") and ("Ours," in line or "PSTA paper" in line)]
     assert md_rows == html_rows[1:]
 
 
@@ -298,8 +354,10 @@ def test_missing_optional_inputs_render_notes(inputs, tmp_path):
     ev.mkdir()
     results = json.loads((inputs["eval"] / "results.json").read_text())
     results["untrained"] = {}
+    results.pop("model"), results.pop("provenance")
     for rec in results["protocols"].values():
-        rec.pop("per_camera")
+        for key in ("per_camera", "verification", "ap_histogram"):
+            rec.pop(key)
     (ev / "results.json").write_text(json.dumps(results))
     out = build_report(ev, tmp_path / "no_index", None, None, None, tmp_path / "r" / "report.html",
                        tmp_path / "r" / "report.md")
@@ -307,10 +365,11 @@ def test_missing_optional_inputs_render_notes(inputs, tmp_path):
     md = Path(out["md"]).read_text(encoding="utf-8")
     for what in ("Untrained-model numbers not available", "Per-camera numbers not available",
                  "Training history not available", "Dataset statistics not available",
-                 "Ranked lists not available"):
+                 "Ranked lists not available", "Verification metrics not available",
+                 "Per-query AP histogram not available", "Embedding projection not available"):
         assert what in html_text and what in md
     assert out["figures"] == ["cmc.png"] and 'id="cmc-plot"' in html_text
-    assert {"history", "stats", "untrained"} <= set(out["missing"])
+    assert {"history", "stats", "untrained", "features"} <= set(out["missing"])
     # a frame cache that is not there: the ranked lists say so, the rest renders
     shutil.copy(inputs["eval"] / "ranked.parquet", ev / "ranked.parquet")
     out = build_report(ev, inputs["index"], tmp_path / "no_cache", tmp_path / "none.csv", None,
@@ -319,6 +378,7 @@ def test_missing_optional_inputs_render_notes(inputs, tmp_path):
     assert "Ranked-list pictures not available" in html_text and "no_cache" in html_text
     assert "none.csv not found" in html_text
     assert sorted(p.name for p in (tmp_path / "r" / "figures").iterdir()) == ["cmc.png"]
+    assert "Model and recipe" not in html_text and "Provenance" not in html_text
 
 
 def test_missing_results_json_is_one_clear_error(tmp_path):
@@ -358,11 +418,40 @@ def test_report_package_imports_no_orchestration_tools():
 
 # --------------------------------------------------------------------------- a real browser
 
+NEW_FIGURES = ("roc-plot", "distance-plot", "ap-plot", "embedding-plot")
+
+
+def check_narrow_window(driver, tmp_path) -> dict:
+    """At 800 px wide: no sideways scrolling (page, tables), every new figure drawn and fully
+    visible. Returns the camera labels of the per-camera table and the ranked lists' captions."""
+    driver.set_window_size(800, 1000)
+    width = driver.execute_script("return window.innerWidth;")
+    assert width <= 800
+    scroll, client = driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth];")
+    assert scroll <= client, (scroll, client)
+    wraps = driver.execute_script("return Array.from(document.querySelectorAll('.tablewrap'))"
+                                  ".map(e => [e.scrollWidth, e.clientWidth]);")
+    assert wraps and all(s <= c for s, c in wraps), wraps
+    for figure in NEW_FIGURES:
+        done, natural, right = driver.execute_script(
+            "const i = document.getElementById(arguments[0]);"
+            "return [i.complete, i.naturalWidth, i.getBoundingClientRect().right];", figure)
+        assert done and natural > 200 and right <= client, (figure, done, natural, right)
+    driver.save_screenshot(str(tmp_path / "report_800.png"))
+    cameras = driver.execute_script("return Array.from(document.querySelectorAll('#camera-table tbody tr'))"
+                                    ".map(r => r.cells[0].textContent.trim());")
+    captions = driver.execute_script("return Array.from(document.querySelectorAll('figure.ranked figcaption'))"
+                                     ".map(c => c.textContent);")
+    return {"cameras": cameras,
+            "captions": [re.search(r"query tracklet (\d+),.*?camera (C\d+)", c).groups() for c in captions]}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
                     reason="headless browser test needs /usr/bin/chromium and /usr/bin/chromedriver "
                            "(Debian packages chromium and chromium-driver; `make test` installs them)")
-def test_report_renders_in_headless_chromium(report, tmp_path):
+def test_report_renders_in_headless_chromium(report, inputs, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -401,8 +490,13 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         total_h = driver.execute_script("return document.documentElement.scrollHeight;")
         driver.set_window_size(1280, min(int(total_h) + 120, 12000))
         driver.save_screenshot(str(tmp_path / "report_full.png"))
+        narrow = check_narrow_window(driver, tmp_path)
     finally:
         driver.quit()
+    assert narrow["cameras"] == [f"C{c + 1}" for c in sorted(inputs["results"]["mars_official"]["per_camera"])]
+    camid = inputs["test"].set_index("tracklet_id")["camid"]
+    for query, camera in narrow["captions"]:   # "query tracklet 16, ..., camera C2, ..."
+        assert camera == f"C{camid[int(query)] + 1}"
 
     shot = np.asarray(Image.open(shot_path).convert("RGB")).astype(int)
     x0, y0 = int(round(left * dpr)), int(round(top * dpr))
@@ -425,9 +519,12 @@ def test_synthetic_source_is_labelled_and_not_compared_with_the_paper(report, in
     text = Path(out["html"]).read_text(encoding="utf-8")
     parsed = parse_html(text)
     assert "Δ" not in text and "synthetic, MARS layout run report" in text
+    # our results and the paper's in separate tables
     rows = parsed.tables["results-table"][1:]
-    assert rows[0][:2] == ["PSTA paper (ImageNet ResNet-50)", "MARS"]
-    assert {r[1] for r in rows if r[0].startswith("Ours")} == {"synthetic, MARS layout"}
+    assert all(r[0].startswith("Ours") for r in rows) and {r[1] for r in rows} == {"synthetic, MARS layout"}
+    paper = parsed.tables["paper-table"]
+    assert ["MARS", "mars_official", "91.5", "85.8"] in paper
+    assert "paper&#39;s results (real datasets)" in text
     assert "shown for reference, not for comparison" in text
 
 
@@ -441,3 +538,70 @@ def test_html_escapes_text_and_markdown_keeps_it(inputs, tmp_path):
     assert "picked by &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; the &#34;last&#34; epoch" in html_text
     assert not [a for t, a in parse_html(html_text).tags if t == "script"]
     assert note in Path(out["md"]).read_text(encoding="utf-8")
+
+
+def test_summary_states_model_recipe_provenance_and_intervals(report, inputs):
+    text = report["html_text"]
+    facts = dict(re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", text))
+    assert facts["Architecture"] == "PSTA, resnet18 backbone"
+    assert facts["Input"] == "64 × 32 px, T = 4 frames per clip"
+    assert facts["Pretrained weights"] == "none" and facts["Epochs"] == "12"
+    assert facts["Precision"] == "auto (bf16)"
+    assert facts["Git commit"] == PROVENANCE["git_commit"][:12]
+    assert facts["Params hash"] == "feedbeef" and facts["MLflow run (evaluate)"] == "a1b2c3d4e5"
+    assert facts["Evaluated"] == PROVENANCE["date"]
+    # what was trained on: the held-out validation identity apart
+    assert facts["Training identities"] == "3 (1 more held out for validation)"
+    # the headline numbers carry their 95% bootstrap interval, in the cards and in the table
+    res = inputs["results"]["mars_official"]
+    for key in ("rank1", "mAP"):
+        low, high = (pct(v) for v in res[f"{key}_ci"])
+        assert float(low) <= float(pct(res[key])) <= float(high)
+        assert f"95% CI {low}–{high}" in text
+    table = report["parsed"].tables["results-table"]
+    row = next(r for r in table[1:] if r[0] == "Ours, trained" and r[2] == "mars_official")
+    assert row[table[0].index("Rank-1 95% CI")] == "–".join(pct(v) for v in res["rank1_ci"])
+    assert row[table[0].index("mAP 95% CI")] == "–".join(pct(v) for v in res["mAP_ci"])
+    v = res["verification"]
+    assert f"{v['threshold']:.4f}" in text and "Same-person threshold" in text
+
+
+def test_metrics_json_holds_the_threshold_and_intervals(inputs):
+    metrics = json.loads((inputs["reports"] / "metrics.json").read_text())
+    for name in PROTOCOLS:
+        res, m = inputs["results"][name], metrics[name]
+        v = m["verification"]
+        assert v["threshold"] == res["verification"]["threshold"] and v["distance"] == "cosine"
+        assert v["target_fpr"] == 1e-3
+        assert v["tpr_at_target_fpr"] == round(100 * res["verification"]["threshold_tpr"], 2)
+        assert set(v) >= {"tpr_at_fpr_0.0001", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01", "eer", "auc"}
+        assert m["rank1_ci95_low"] <= m["rank1"] <= m["rank1_ci95_high"]
+        assert m["mAP_ci95_low"] <= m["mAP"] <= m["mAP_ci95_high"]
+        # the threshold's rule on the fitting pairs: distance <= threshold is "same person"
+        split = protocol_split(name, inputs["test"])
+        pid, cam = inputs["test"]["pid"].to_numpy(), inputs["test"]["camid"].to_numpy()
+        D = pairwise_distance(inputs["feats"][split.query_rows], inputs["feats"][split.gallery_rows])
+        qp, gp = pid[split.query_rows][:, None], pid[split.gallery_rows][None, :]
+        same, junk = qp == gp, (qp == gp) & (cam[split.query_rows][:, None] == cam[split.gallery_rows][None, :])
+        accepted = D <= v["threshold"]
+        assert (accepted & ~same).sum() / (~same).sum() <= v["target_fpr"]
+        assert round(100 * (accepted & same & ~junk).sum() / (same & ~junk).sum(), 2) == v["tpr_at_target_fpr"]
+    assert set(metrics["untrained"]["mars_official"]) == {"rank1", "mAP", "rank1_ci95_low",
+                                                          "rank1_ci95_high", "mAP_ci95_low", "mAP_ci95_high"}
+
+
+def test_evaluate_stage_records_what_was_trained_on():
+    """The report's "training identities" counts the identities trained on: the held-out
+    validation ones (the trainer's own split) apart."""
+    from pipeline.stages.evaluate import model_record
+    from psta.engine import split_validation
+
+    config = {"arch": "psta", "num_classes": 20, "seq_len": 4, "height": 64, "width": 32,
+              "backbone": "resnet18", "pretrained": "none"}
+    record = model_record({"config": config, "epochs": 14, "train_config": {
+        "val_fraction": 0.1, "seed": 3, "precision": "fp32", "device": "cpu"}})
+    _, held = split_validation(np.arange(20), 0.1, (), 3)
+    assert (record["train_identities"], record["val_identities"]) == (20 - len(held), len(held)) == (18, 2)
+    assert record["precision"] == "fp32" and record["epochs"] == 14 and record["backbone"] == "resnet18"
+    auto = model_record({"config": config, "train_config": {"precision": "auto", "device": "cpu"}})
+    assert auto["precision"] in ("auto (fp32)", "auto (bf16)") and auto["val_identities"] == 0

@@ -1,4 +1,4 @@
-"""Clip index samplers and the P x K identity sampler follow PSTA_SPEC.md."""
+"""Clip index samplers and the P x K identity sampler follow the reference (docs/SPEC.md)."""
 from __future__ import annotations
 
 import types
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from psta.data.sampling import (IdentitySampler, all_frames_chunks, begin_interval_indices,
-                                dense_clips, num_dense_clips, random_interval_indices,
+                                dense_clips, dense_offsets, num_dense_clips, random_interval_indices,
                                 random_interval_stride)
 
 T = 8
@@ -77,12 +77,31 @@ def test_begin_interval(n, stride):
     assert np.array_equal(begin_interval_indices(n, T), stride * np.arange(T))
 
 
-@pytest.mark.parametrize("n, expected", [(1, [0] * 8), (3, [0, 0, 0, 1, 1, 1, 2, 2]),
-                                         (7, [0, 0, 1, 2, 3, 4, 5, 6])])
-def test_begin_interval_short_repeats_frames(n, expected):
-    idx = begin_interval_indices(n, T)
-    assert idx.tolist() == expected
-    assert set(idx.tolist()) == set(range(n))  # every frame used
+# exact indices, T = 8: shorter tracklets repeat their frames cyclically (the reference's order)
+BEGIN_EXPECTED = {
+    1: [0, 0, 0, 0, 0, 0, 0, 0],
+    2: [0, 1, 0, 1, 0, 1, 0, 1],
+    3: [0, 1, 2, 0, 1, 2, 0, 1],
+    4: [0, 1, 2, 3, 0, 1, 2, 3],
+    5: [0, 1, 2, 3, 4, 0, 1, 2],
+    6: [0, 1, 2, 3, 4, 5, 0, 1],
+    7: [0, 1, 2, 3, 4, 5, 6, 0],
+    8: [0, 1, 2, 3, 4, 5, 6, 7],
+    9: [0, 1, 2, 3, 4, 5, 6, 7],
+    10: [0, 1, 2, 3, 4, 5, 6, 7],
+}
+
+
+@pytest.mark.parametrize("n", sorted(BEGIN_EXPECTED))
+def test_begin_interval_exact_for_short_tracklets(n):
+    assert begin_interval_indices(n, T).tolist() == BEGIN_EXPECTED[n]
+
+
+@pytest.mark.parametrize("n", sorted(BEGIN_EXPECTED))
+def test_dense_exact_for_short_tracklets(n):
+    clips = np.concatenate(list(dense_clips(n, T)))
+    # n < T: the begin clip (cyclic); T <= n < 2T: stride 1, the one clip 0..7
+    assert clips.tolist() == [BEGIN_EXPECTED[n]]
 
 
 @pytest.mark.parametrize("n", LENGTHS)
@@ -102,9 +121,24 @@ def test_dense_clips(n):
     assert np.array_equal(np.sort(clips.ravel()), np.arange(s * T))
 
 
+def test_dense_keeps_a_seeded_window_of_200_consecutive_clips():
+    n, s = 2000, 2000 // T  # 250 clips of stride 250
+    clips = np.concatenate(list(dense_clips(n, T, clips_per_chunk=16, seed=(7, 3))))
+    assert len(clips) == 200 == num_dense_clips(n, T)
+    start = int(clips[0, 0])
+    assert 0 <= start <= s - 200
+    assert np.array_equal(clips, (start + np.arange(200))[:, None] + s * np.arange(T)[None])
+    again = np.concatenate(list(dense_clips(n, T, clips_per_chunk=5, seed=(7, 3))))
+    assert np.array_equal(again, clips)  # the same window for the same seed, whatever the chunks
+    starts = {int(next(dense_clips(n, T, seed=(7, t)))[0, 0]) for t in range(20)}
+    assert len(starts) > 5  # other tracklets (seeds) get other windows
+    assert list(dense_offsets(n, T, max_clips=0)) == list(range(s))  # 0: no limit
+    assert num_dense_clips(n, T, max_clips=0) == s
+
+
 def test_dense_and_all_frames_are_bounded_generators():
     n = 9000
-    gen = dense_clips(n, T, clips_per_chunk=16)
+    gen = dense_clips(n, T, clips_per_chunk=16, max_clips=0)
     assert isinstance(gen, types.GeneratorType)
     sizes = [len(c) for c in gen]
     assert max(sizes) == 16 and sum(sizes) == n // T

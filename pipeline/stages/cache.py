@@ -14,12 +14,22 @@ def build(params, root):
     from psta.index import read_index
 
     index = read_index(paths.INDEX)
+    c = params.cache
     return build_frame_cache(
         index.frames, root, paths.CACHE,
-        height=params.model.height, width=params.model.width, format=params.cache.format,
-        shard_bytes=params.cache.shard_mb << 20, num_workers=params.cache.num_workers,
-        jpeg_quality=params.cache.jpeg_quality,
+        height=params.model.height, width=params.model.width, format=c.format,
+        shard_bytes=c.shard_mb << 20, num_workers=c.num_workers, jpeg_quality=c.jpeg_quality,
+        interpolation=frame_interpolations(index, c.train_interpolation, c.test_interpolation),
     )
+
+
+def frame_interpolations(index, train: str, test: str):
+    """One resize interpolation per frame row: ``train`` for training frames, else ``test``."""
+    import numpy as np
+
+    split = index.tracklets.set_index("tracklet_id")["split"]
+    is_train = index.frames["tracklet_id"].map(split).eq("train").to_numpy()
+    return np.where(is_train, train, test)
 
 
 @flow(name="cache")

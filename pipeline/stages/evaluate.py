@@ -1,6 +1,9 @@
 """evaluate: embeddings of the test tracklets -> CMC / mAP / mINP under the dataset's protocols."""
 from __future__ import annotations
 
+import datetime
+
+import numpy as np
 import torch
 from prefect import flow
 
@@ -12,6 +15,7 @@ from psta.data.registry import get_dataset
 
 METRICS_JSON = paths.REPORTS / "metrics.json"
 CMC_CSV = paths.REPORTS / "cmc.csv"
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def sampling_for(params: Params, dataset: str) -> str:
@@ -26,7 +30,8 @@ def embed(params: Params, model, tracklets, cache, sampling: str):
 
     e = params.evaluate
     return extract_features(model, tracklets, cache, seq_len=params.model.seq_len, sampling=sampling,
-                            batch_size=e.batch_size, precision=e.precision, num_workers=e.num_workers)
+                            batch_size=e.batch_size, precision=e.precision, num_workers=e.num_workers,
+                            max_clips=e.max_clips, seed=e.seed)
 
 
 @stage_task
@@ -37,9 +42,41 @@ def score(params: Params, features, tracklets, protocols) -> dict:
     rerank = {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value} if e.rerank else None
     return {
         name: evaluate_protocol(name, features, tracklets, metric=e.metric, rerank=rerank,
-                                max_rank=e.max_rank, topk=10)
+                                max_rank=e.max_rank, topk=10, target_fpr=e.target_fpr,
+                                bootstrap=e.bootstrap, seed=e.bootstrap_seed)
         for name in protocols
     }
+
+
+def model_record(checkpoint: dict) -> dict:
+    """What was evaluated: the architecture and the training recipe, from the final model file.
+
+    ``train_identities`` counts the identities trained on (held-out validation ones apart);
+    ``precision`` is the setting and, for ``auto``, what it resolves to on the training device."""
+    from psta.engine import resolve_device, split_validation
+    from psta.model.precision import resolve_precision
+
+    config, recipe = checkpoint["config"], checkpoint.get("train_config") or {}
+    classes = int(config["num_classes"])
+    _, held = split_validation(np.arange(classes), recipe.get("val_fraction", 0.0),
+                               tuple(recipe.get("val_ids") or ()), recipe.get("seed", 0))
+    precision = recipe.get("precision", "auto")
+    if precision == "auto":
+        dtype = resolve_precision(precision, resolve_device(recipe.get("device", "auto")))
+        precision = f"auto ({PRECISION_NAMES[dtype]})"
+    return {
+        **{k: config[k] for k in ("arch", "backbone", "height", "width", "seq_len", "pretrained") if k in config},
+        "epochs": checkpoint.get("epochs", recipe.get("epochs")), "precision": precision,
+        "train_identities": classes - len(held), "val_identities": len(held),
+    }
+
+
+def provenance(run) -> dict:
+    """When, from which commit and params, and in which MLflow run the evaluation ran."""
+    tags = run.data.tags
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "git_commit": tags.get("git_commit", "unknown"), "params_hash": tags.get("params_hash", ""),
+            "mlflow_run_id": run.info.run_id}
 
 
 @flow(name="evaluate")
@@ -50,7 +87,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
     from psta.model import build_model, load_checkpoint
 
     params = load_params(params_path)
-    with stage_run("evaluate", params, ("evaluate",)):  # + model.seq_len/pretrained, train.seed (dvc.yaml)
+    with stage_run("evaluate", params, ("evaluate",)) as run:  # + model.seq_len/pretrained, train.seed (dvc.yaml)
         index = read_index(paths.INDEX)
         dataset = index.stats["dataset"]
         protocols = get_dataset(dataset).protocol_names
@@ -69,6 +106,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         summary = write_eval_outputs(
             paths.EVAL, test, features, results, untrained, dataset=dataset, sampling=sampling,
             metric=params.evaluate.metric, rerank=params.evaluate.rerank, split=index.stats.get("split"),
+            model=model_record(checkpoint), provenance=provenance(run),
         )
         metrics = write_metrics(summary, METRICS_JSON, CMC_CSV)
         log_numbers(metrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from prefect import flow
 
 from pipeline import paths
+from pipeline.lineage import log_dataset_input
 from pipeline.params import load_params
 from pipeline.stage import log_files, log_numbers, stage_run, stage_task
 
@@ -23,6 +24,7 @@ def index(params_path: str = "params.yaml") -> dict:
     with stage_run("index", params, ("data",)):
         tracklet_index = build(paths.MANIFEST)
         write_index(tracklet_index, paths.INDEX)
+        log_dataset_input(context="index")
         log_numbers(tracklet_index.stats)
         log_files(paths.INDEX / "stats.json")
         return tracklet_index.stats

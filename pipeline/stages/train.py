@@ -22,6 +22,7 @@ from prefect import flow
 
 from pipeline import paths
 from pipeline.dvcfile import deps_digest
+from pipeline.lineage import log_dataset_input
 from pipeline.params import Params, ParamsError, load_params
 from pipeline.stage import log_files, log_numbers, stage_run
 from psta.atomic import atomic_dir, atomic_path
@@ -124,6 +125,7 @@ def publish_model(result) -> Path:
 def train_flow(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     with stage_run("train", params, SECTIONS):
+        log_dataset_input(context="training")
         result = run_training(params, on_epoch_end=lambda epoch, metrics: log_numbers(metrics, step=epoch))
         write_history_csv(result.history)
         model_path = publish_model(result)

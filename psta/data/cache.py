@@ -2,8 +2,9 @@
 
 Why: a training clip is 8 frames from random places of a random tracklet; reading them as
 8 small JPEG files (open, decode, resize) per clip is what limits a data loader. The cache
-stage does the decode + resize (bicubic, antialias) once and stores the frames so that a
-clip is a handful of positional reads from a few shard files.
+stage does the decode + resize (antialias; bicubic, or per frame the interpolation its split
+uses: the reference resizes training frames bicubically and test frames bilinearly) once and
+stores the frames so that a clip is a handful of positional reads from a few shard files.
 
 Layout of a cache directory (``format_version`` 2)::
 
@@ -77,6 +78,7 @@ FRAMES_FILE = "frames.npy"
 CRC_FILE = "crc32c.npy"
 REBUILD_HINT = "rebuild it with the cache stage (`python -m pipeline cache`)"
 _CHUNK = 64          # frames per build work item
+INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 _HASH_BLOCK = 8 << 20
 
 
@@ -94,7 +96,8 @@ def _read_source(path: Path) -> bytes:
                                 f"is the index up to date?)") from None
 
 
-def _decode_resize(data: bytes, path: Path, height: int, width: int) -> tuple[torch.Tensor, bool]:
+def _decode_resize(data: bytes, path: Path, height: int, width: int,
+                   interpolation: str = "bicubic") -> tuple[torch.Tensor, bool]:
     try:
         img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                            mode=ImageReadMode.RGB)
@@ -102,22 +105,24 @@ def _decode_resize(data: bytes, path: Path, height: int, width: int) -> tuple[to
         raise ValueError(f"cannot decode frame file {path}: {e}") from None
     at_size = tuple(img.shape[-2:]) == (height, width)
     if not at_size:
-        img = F.resize(img, [height, width], interpolation=InterpolationMode.BICUBIC,
+        img = F.resize(img, [height, width], interpolation=INTERPOLATIONS[interpolation],
                        antialias=True)
     return img.contiguous(), at_size
 
 
-def load_frame(path: str | os.PathLike, height: int, width: int) -> torch.Tensor:
+def load_frame(path: str | os.PathLike, height: int, width: int,
+               interpolation: str = "bicubic") -> torch.Tensor:
     """One source frame as the cache stores it: decoded RGB uint8 ``3 x H x W``, resized
-    (bicubic, antialias) when it is not already ``H x W``. A raw cache holds exactly this."""
+    (``interpolation``, antialias) when it is not already ``H x W``. A raw cache holds exactly this."""
     path = Path(path)
-    return _decode_resize(_read_source(path), path, height, width)[0]
+    return _decode_resize(_read_source(path), path, height, width, interpolation)[0]
 
 
-def _prepare_frame(path: Path, height: int, width: int, fmt: str, quality: int) -> tuple[bytes, bool]:
+def _prepare_frame(path: Path, height: int, width: int, fmt: str, quality: int,
+                   interpolation: str) -> tuple[bytes, bool]:
     """Bytes to store for one frame, and whether they are the source file's own bytes."""
     data = _read_source(path)
-    img, at_size = _decode_resize(data, path, height, width)
+    img, at_size = _decode_resize(data, path, height, width, interpolation)
     if fmt == "raw":
         return img.numpy().tobytes(), False
     if at_size and data[:2] == b"\xff\xd8":  # a JPEG already at size: keep it as it is
@@ -125,8 +130,21 @@ def _prepare_frame(path: Path, height: int, width: int, fmt: str, quality: int) 
     return encode_jpeg(img, quality=quality).numpy().tobytes(), False
 
 
-def _prepare_chunk(paths: list[Path], height: int, width: int, fmt: str, quality: int):
-    return [_prepare_frame(p, height, width, fmt, quality) for p in paths]
+def _prepare_chunk(paths: list[Path], height: int, width: int, fmt: str, quality: int,
+                   interpolations: Sequence[str]):
+    return [_prepare_frame(p, height, width, fmt, quality, i) for p, i in zip(paths, interpolations)]
+
+
+def _interpolations(interpolation: str | Sequence[str], n: int) -> np.ndarray:
+    """One interpolation name per frame row, each checked."""
+    names = np.full(n, interpolation, dtype=object) if isinstance(interpolation, str) \
+        else np.asarray(list(interpolation), dtype=object)
+    if len(names) != n:
+        raise ValueError(f"{len(names)} interpolation names for {n} frames; give one name or one per frame")
+    unknown = sorted(set(names.tolist()) - set(INTERPOLATIONS))
+    if unknown:
+        raise ValueError(f"unknown interpolation {unknown[0]!r}; choose {' or '.join(INTERPOLATIONS)}")
+    return names
 
 
 # --------------------------------------------------------------------------- build
@@ -265,7 +283,8 @@ def _save_table(path: Path, array: np.ndarray) -> dict:
 def build_frame_cache(frames_df: pd.DataFrame, root: str | os.PathLike | None,
                       out_dir: str | os.PathLike, height: int = 256, width: int = 128,
                       format: str = "auto", shard_bytes: int = 1 << 30, num_workers: int = 0,
-                      jpeg_quality: int = 95, progress: bool = True) -> dict:
+                      jpeg_quality: int = 95, progress: bool = True,
+                      interpolation: str | Sequence[str] = "bicubic") -> dict:
     """Build the frame cache of ``frames_df`` (the frames.parquet table) into ``out_dir``.
 
     Args:
@@ -280,7 +299,10 @@ def build_frame_cache(frames_df: pd.DataFrame, root: str | os.PathLike | None,
         num_workers: decoding threads (0: decode in the calling thread).
         jpeg_quality: quality of re-encoded frames (jpeg format, frames not already a JPEG
             of size H x W).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (on a terminal only).
+        interpolation: ``"bicubic"`` or ``"bilinear"`` (antialiased) for frames that are not
+            already H x W: one name, or one per frame row (e.g. bicubic for the training
+            split and bilinear for the test splits, as the reference resizes them).
 
     Returns:
         stats: format (and why), num_frames, num_tracklets, bytes, shards, passthrough
@@ -292,6 +314,7 @@ def build_frame_cache(frames_df: pd.DataFrame, root: str | os.PathLike | None,
     table = _tracklet_table(frames)
     n = len(frames)
     fmt, reason = resolve_format(format, n, height, width, out_dir)
+    interps = _interpolations(interpolation, n)
     root_path = Path(root) if root is not None else Path()
     rel = frames["path"].to_numpy()
     fingerprint = frames_fingerprint(frames)
@@ -299,13 +322,13 @@ def build_frame_cache(frames_df: pd.DataFrame, root: str | os.PathLike | None,
     passthrough = 0
 
     # work items are made as they are consumed: one chunk of Paths at a time
-    items = (([root_path / str(p) for p in rel[a:a + _CHUNK]], height, width, fmt, jpeg_quality)
-             for a in range(0, n, _CHUNK))
+    items = (([root_path / str(p) for p in rel[a:a + _CHUNK]], height, width, fmt, jpeg_quality,
+              interps[a:a + _CHUNK]) for a in range(0, n, _CHUNK))
     with atomic_dir(out_dir) as tmp:
         writer = _ShardWriter(tmp, fmt, int(shard_bytes), frame_bytes, n)
         row = 0
         try:
-            with tqdm(total=n, unit="frame", desc=f"frame cache ({fmt})", disable=not progress,
+            with tqdm(total=n, unit="frame", desc=f"frame cache ({fmt})", disable=None if progress else True,
                       mininterval=1.0) as bar:
                 for results in _map_ordered(_prepare_chunk, items, num_workers):
                     for data, kept in results:
@@ -333,7 +356,8 @@ def build_frame_cache(frames_df: pd.DataFrame, root: str | os.PathLike | None,
             "frame_bytes": frame_bytes if fmt == "raw" else None,
             "frames_per_shard": writer.frames_per_shard if fmt == "raw" else None,
             "jpeg_quality": jpeg_quality if fmt == "jpeg" else None,
-            "resize": {"interpolation": "bicubic", "antialias": True},
+            "resize": {"antialias": True,  # frames per interpolation (only those not at size are resized)
+                       "interpolation": {k: int(v) for k, v in collections.Counter(interps.tolist()).items()}},
             "tables": tables,
             "shards": shards,
             "source": {"num_frames": n, "frames_sha256": fingerprint},

@@ -26,8 +26,9 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from psta.data.cache import FrameCache
-from psta.data.sampling import (all_frames_chunks, begin_interval_indices, dense_clips,
-                                random_interval_indices, seed_for, torch_generator)
+from psta.data.sampling import (MAX_DENSE_CLIPS, all_frames_chunks, begin_interval_indices,
+                                dense_clips, num_dense_clips, random_interval_indices, seed_for,
+                                torch_generator)
 from psta.data.transforms import build_test_transform, build_train_transform
 
 _COLUMNS = ("tracklet_id", "pid", "label", "camid", "n_frames", "frame_offset")
@@ -146,7 +147,9 @@ class TestChunks(IterableDataset):
     Yields ``(clips, tracklet_id)``:
 
     - ``mode="dense"``: ``clips`` is ``k x T x 3 x H x W`` with ``k <= clips_per_chunk``, the
-      tracklet's dense clips (:func:`~psta.data.sampling.dense_clips`) in order; average the
+      tracklet's dense clips (:func:`~psta.data.sampling.dense_clips`) in order, at most
+      ``max_clips`` of them (a window of consecutive clips whose start is drawn from
+      ``(seed, tracklet_id)``, so it does not depend on workers or order); average the
       features of all clips of a tracklet.
     - ``mode="all"``: ``clips`` is ``1 x L x 3 x H x W``, consecutive frames, ``L <=
       frames_per_chunk`` (the last chunk may be shorter).
@@ -161,6 +164,7 @@ class TestChunks(IterableDataset):
     def __init__(self, tracklets: pd.DataFrame, cache: FrameCache, seq_len: int = 8,
                  mode: str = "dense", transform: Callable | None = None,
                  clips_per_chunk: int = 16, frames_per_chunk: int = 128,
+                 max_clips: int = MAX_DENSE_CLIPS, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
         if mode not in ("dense", "all"):
             raise ValueError(f"mode must be 'dense' or 'all', got {mode!r}")
@@ -170,12 +174,13 @@ class TestChunks(IterableDataset):
         self.cache, self.seq_len, self.mode = cache, int(seq_len), mode
         self.transform = build_test_transform(cache.height, cache.width) if transform is None else transform
         self.clips_per_chunk, self.frames_per_chunk = int(clips_per_chunk), int(frames_per_chunk)
+        self.max_clips, self.seed = int(max_clips), int(seed)
         self.rank, self.world_size = rank, world_size
         self.tracklet_ids, self.n_frames = cols["tracklet_id"], cols["n_frames"]
 
     def _chunk_count(self, n: int) -> int:
         if self.mode == "dense":
-            return math.ceil(max(n // self.seq_len, 1) / self.clips_per_chunk)
+            return math.ceil(num_dense_clips(n, self.seq_len, self.max_clips) / self.clips_per_chunk)
         return math.ceil(n / self.frames_per_chunk)
 
     def _mine(self) -> np.ndarray:
@@ -192,7 +197,8 @@ class TestChunks(IterableDataset):
         for i in self._mine().tolist():
             tid, n = int(self.tracklet_ids[i]), int(self.n_frames[i])
             if self.mode == "dense":
-                for clip_idx in dense_clips(n, T, self.clips_per_chunk):
+                for clip_idx in dense_clips(n, T, self.clips_per_chunk, self.max_clips,
+                                            seed=(self.seed, tid)):
                     k = len(clip_idx)
                     # time-major order: runs of k consecutive frames, read in one go each
                     frames = self.cache.read(tid, clip_idx.T.reshape(-1))

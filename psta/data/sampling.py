@@ -1,17 +1,20 @@
 """Which frames of a tracklet make a clip, and which tracklets make a batch.
 
 Frame samplers return int64 index arrays into one tracklet (0 .. n-1), sorted in temporal
-order. Rules follow PSTA_SPEC.md:
+order. Rules follow the reference's (docs/SPEC.md, "Clip sampling"):
 
 - train, "random interval" (:func:`random_interval_indices`): stride s = 8, 4, 2 or 1, the
   largest with ``n >= T * s``; a random start in ``[0, n - T*s - 1]`` (clamped at 0); one
   random frame inside each of the T windows of s frames. ``n < T``: T indices drawn with
   replacement, sorted.
 - test, "begin interval" (:func:`begin_interval_indices`): ``0, s, 2s, .., (T-1)s`` with the
-  largest s in 8, 4, 2, 1 such that ``n >= (T-1)*s + 1``. ``n < T``: every frame, each
-  repeated (evenly, in order) up to T frames: ``floor(arange(T) * n / T)``.
+  largest s in 8, 4, 2, 1 such that ``n >= (T-1)*s + 1``. ``n < T``: the frames repeated
+  cyclically up to T: ``arange(T) % n`` (n = 3, T = 8: 0 1 2 0 1 2 0 1). PSTA fuses frames
+  pairwise, so this order (not ``0 0 0 1 1 1 2 2``) is part of the protocol.
 - test, "dense" (:func:`dense_clips`): stride ``s = n // T``, clips ``o + s * arange(T)`` for
-  offsets ``o = 0 .. s-1``; ``n < T``: the one begin-interval clip.
+  offsets ``o = 0 .. s-1``, at most ``max_clips`` (200) of them: a window of consecutive
+  offsets at a start drawn from ``numpy.random.default_rng(seed)``; ``n < T``: the one
+  begin-interval clip.
 - test, "all frames" (:func:`all_frames_chunks`): consecutive chunks of the whole tracklet.
 
 The dense and all-frames samplers are generators of bounded chunks, so a 9,000-frame
@@ -67,37 +70,62 @@ def begin_interval_stride(n: int, seq_len: int) -> int:
 
 
 def begin_interval_indices(n: int, seq_len: int) -> np.ndarray:
-    """Test clip ("begin interval"): ``0, s, .., (T-1)s``; shorter tracklets repeat frames."""
+    """Test clip ("begin interval"): ``0, s, .., (T-1)s``; shorter tracklets repeat their frames
+    cyclically (``0 1 2 0 1 2 0 1`` for n = 3, T = 8)."""
     _check(n, seq_len)
     s = begin_interval_stride(n, seq_len)
     if s == 0:
-        return np.arange(seq_len, dtype=np.int64) * n // seq_len
+        return np.arange(seq_len, dtype=np.int64) % n
     return s * np.arange(seq_len, dtype=np.int64)
 
 
-def num_dense_clips(n: int, seq_len: int) -> int:
-    """How many clips :func:`dense_clips` yields for an n-frame tracklet (``max(n // T, 1)``)."""
+#: the reference keeps at most this many dense clips per tracklet
+MAX_DENSE_CLIPS = 200
+
+
+def dense_offsets(n: int, seq_len: int, max_clips: int = MAX_DENSE_CLIPS,
+                  seed: int | Sequence[int] = 0) -> range:
+    """The offsets ``o`` of the dense clips kept for an n-frame tracklet (``range(0)`` if n < T).
+
+    All ``n // T`` of them, or, when there are more than ``max_clips`` (> 0), a window of
+    ``max_clips`` consecutive ones starting at ``numpy.random.default_rng(seed).integers(0,
+    n // T - max_clips + 1)``: the same window for the same seed.
+    """
     _check(n, seq_len)
-    return max(n // seq_len, 1)
+    if max_clips < 0:
+        raise ValueError(f"max_clips must be >= 0 (0: no limit), got {max_clips}")
+    s = n // seq_len
+    if max_clips == 0 or s <= max_clips:
+        return range(s)
+    start = int(np.random.default_rng(seed).integers(0, s - max_clips + 1))
+    return range(start, start + max_clips)
 
 
-def dense_clips(n: int, seq_len: int, clips_per_chunk: int = 16) -> Iterator[np.ndarray]:
-    """Every dense test clip, as int64 arrays of shape ``(k, seq_len)`` with ``k <= clips_per_chunk``.
+def num_dense_clips(n: int, seq_len: int, max_clips: int = MAX_DENSE_CLIPS) -> int:
+    """How many clips :func:`dense_clips` yields for an n-frame tracklet."""
+    _check(n, seq_len)
+    s = n // seq_len
+    return max(s if max_clips == 0 else min(s, max_clips), 1)
 
-    Stride ``s = n // T``; clip ``o`` is ``o + s * arange(T)`` for ``o = 0 .. s-1`` (so the
-    clips cover frames ``0 .. s*T - 1``, each exactly once). ``n < T``: one clip, the
-    begin-interval one (every frame, repeated in order up to T).
+
+def dense_clips(n: int, seq_len: int, clips_per_chunk: int = 16, max_clips: int = MAX_DENSE_CLIPS,
+                seed: int | Sequence[int] = 0) -> Iterator[np.ndarray]:
+    """The dense test clips, as int64 arrays of shape ``(k, seq_len)`` with ``k <= clips_per_chunk``.
+
+    Stride ``s = n // T``; clip ``o`` is ``o + s * arange(T)`` for the offsets of
+    :func:`dense_offsets` (without a limit the clips cover frames ``0 .. s*T - 1``, each exactly
+    once). ``n < T``: one clip, the begin-interval one (the frames repeated cyclically up to T).
     """
     _check(n, seq_len)
     if clips_per_chunk < 1:
         raise ValueError(f"clips_per_chunk must be >= 1, got {clips_per_chunk}")
-    s = n // seq_len
-    if s == 0:
+    kept = dense_offsets(n, seq_len, max_clips, seed)
+    if len(kept) == 0:
         yield begin_interval_indices(n, seq_len)[None, :]
         return
-    steps = s * np.arange(seq_len, dtype=np.int64)
-    for o in range(0, s, clips_per_chunk):
-        offsets = np.arange(o, min(o + clips_per_chunk, s), dtype=np.int64)
+    steps = (n // seq_len) * np.arange(seq_len, dtype=np.int64)
+    for o in range(kept.start, kept.stop, clips_per_chunk):
+        offsets = np.arange(o, min(o + clips_per_chunk, kept.stop), dtype=np.int64)
         yield offsets[:, None] + steps[None, :]
 
 

@@ -3,13 +3,16 @@
 A clip is a ``T x 3 x h x w`` uint8 tensor (what :class:`~psta.data.cache.FrameCache`
 returns). :class:`ClipTransform` applies, in order: resize to ``H x W`` (bicubic, antialias;
 skipped when the clip already has that size), horizontal flip, conversion to float in
-``[0, 1]`` with ImageNet normalisation, random erasing of one rectangle (filled with 0, the
-ImageNet mean after normalisation). The flip decision and the erasing rectangle are drawn
-once per clip, so every frame is flipped and erased the same way.
+``[0, 1]`` with ImageNet normalisation, random erasing of one rectangle. The flip decision and
+the erasing rectangle are drawn once per clip, so every frame is flipped and erased the same way.
 
-The kernels are ``torchvision.transforms.v2.functional``; the parameters are drawn the way
-``v2.RandomHorizontalFlip`` / ``v2.RandomErasing`` draw them, but from an optional explicit
-``torch.Generator``, so a dataset can make augmentation a pure function of its seed. The
+Random erasing is the reference's, not ``v2.RandomErasing``'s: area 0.02-0.4 of the frame,
+aspect ratio drawn *uniformly* from [0.3, 1/0.3], up to 100 attempts at a rectangle that fits,
+and the rectangle filled with the per-channel values ``ERASE_FILL`` = (0.485, 0.456, 0.406)
+written into the already-normalised tensor (so not the mean colour, and not 0).
+
+The kernels are ``torchvision.transforms.v2.functional``; the parameters come from an optional
+explicit ``torch.Generator``, so a dataset can make augmentation a pure function of its seed. The
 normalisation is fused into one in-place pass: ``(x - 255*mean) / (255*std)``, the same
 numbers as ``v2.ToDtype(float32, scale=True)`` + ``v2.Normalize`` (measured 10x cheaper on
 a 8 x 3 x 256 x 128 clip, see benchmarks/bench_loading.py).
@@ -25,6 +28,12 @@ from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the reference's erasing fill, written as is into the normalised tensor
+ERASE_FILL = (0.485, 0.456, 0.406)
+ERASE_SCALE = (0.02, 0.4)
+ERASE_RATIO = (0.3, 1 / 0.3)
+ERASE_ATTEMPTS = 100
+_MODES = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
 
 class ClipTransform:
@@ -39,18 +48,23 @@ class ClipTransform:
     accepts_generator = True
 
     def __init__(self, height: int, width: int, flip_p: float = 0.0, erase_p: float = 0.0,
-                 erase_scale: Sequence[float] = (0.02, 0.4),
-                 erase_ratio: Sequence[float] = (0.3, 3.3),
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 erase_scale: Sequence[float] = ERASE_SCALE,
+                 erase_ratio: Sequence[float] = ERASE_RATIO,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 erase_fill: Sequence[float] = ERASE_FILL, interpolation: str = "bicubic"):
         if not (0.0 <= flip_p <= 1.0 and 0.0 <= erase_p <= 1.0):
             raise ValueError(f"flip_p and erase_p must be in [0, 1], got {flip_p}, {erase_p}")
         if not (0 < erase_scale[0] <= erase_scale[1] < 1) or not (0 < erase_ratio[0] <= erase_ratio[1]):
             raise ValueError(f"bad erasing ranges: scale={erase_scale}, ratio={erase_ratio}")
+        if interpolation not in _MODES:
+            raise ValueError(f"unknown interpolation {interpolation!r}; choose {' or '.join(_MODES)}")
         self.height, self.width = int(height), int(width)
+        self.interpolation = interpolation
         self.flip_p, self.erase_p = float(flip_p), float(erase_p)
         self.erase_scale = (float(erase_scale[0]), float(erase_scale[1]))
         self.erase_ratio = (float(erase_ratio[0]), float(erase_ratio[1]))
         self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
+        self.erase_fill = torch.tensor(tuple(map(float, erase_fill)), dtype=torch.float32).view(3, 1, 1)
         m = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         s = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         self._shift_u8, self._scale_u8 = m * 255.0, 1.0 / (s * 255.0)
@@ -67,12 +81,10 @@ class ClipTransform:
         flip = self.flip_p > 0 and torch.rand(1, generator=g).item() < self.flip_p
         erase = None
         if self.erase_p > 0 and torch.rand(1, generator=g).item() < self.erase_p:
-            # as v2.RandomErasing: up to 10 tries at a rectangle that fits
             H, W = self.height, self.width
-            lo, hi = math.log(self.erase_ratio[0]), math.log(self.erase_ratio[1])
-            for _ in range(10):
+            for _ in range(ERASE_ATTEMPTS):  # the reference: up to 100 tries at a rectangle that fits
                 area = H * W * torch.empty(1).uniform_(*self.erase_scale, generator=g).item()
-                ratio = math.exp(torch.empty(1).uniform_(lo, hi, generator=g).item())
+                ratio = torch.empty(1).uniform_(*self.erase_ratio, generator=g).item()
                 h = int(round(math.sqrt(area * ratio)))
                 w = int(round(math.sqrt(area / ratio)))
                 if h < H and w < W:
@@ -89,7 +101,7 @@ class ClipTransform:
         clip = clip.as_subclass(torch.Tensor)
         if tuple(clip.shape[-2:]) != (self.height, self.width):
             clip = F.resize(clip, [self.height, self.width],
-                            interpolation=InterpolationMode.BICUBIC, antialias=True)
+                            interpolation=_MODES[self.interpolation], antialias=True)
         if params["flip"]:
             clip = F.horizontal_flip(clip)
         if clip.dtype == torch.uint8:
@@ -100,7 +112,7 @@ class ClipTransform:
             raise TypeError(f"clip must be uint8 or floating point, got {clip.dtype}")
         if params["erase"] is not None:
             i, j, h, w = params["erase"]
-            out[..., i:i + h, j:j + w] = 0.0
+            out[..., i:i + h, j:j + w] = self.erase_fill
         return out
 
     def __call__(self, clip: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -108,8 +120,8 @@ class ClipTransform:
 
 
 def build_train_transform(height: int = 256, width: int = 128, flip_p: float = 0.5,
-                          erase_p: float = 0.5, erase_scale: Sequence[float] = (0.02, 0.4),
-                          erase_ratio: Sequence[float] = (0.3, 3.3),
+                          erase_p: float = 0.5, erase_scale: Sequence[float] = ERASE_SCALE,
+                          erase_ratio: Sequence[float] = ERASE_RATIO,
                           mean: Sequence[float] = IMAGENET_MEAN,
                           std: Sequence[float] = IMAGENET_STD) -> ClipTransform:
     """Training augmentation of the recipe: resize, flip, normalise, random erasing."""
@@ -119,6 +131,8 @@ def build_train_transform(height: int = 256, width: int = 128, flip_p: float = 0
 
 def build_test_transform(height: int = 256, width: int = 128,
                          mean: Sequence[float] = IMAGENET_MEAN,
-                         std: Sequence[float] = IMAGENET_STD) -> ClipTransform:
-    """Test transform: resize + normalise."""
-    return ClipTransform(height, width, flip_p=0.0, erase_p=0.0, mean=mean, std=std)
+                         std: Sequence[float] = IMAGENET_STD,
+                         interpolation: str = "bilinear") -> ClipTransform:
+    """Test transform: resize (bilinear, as the reference's test transform) + normalise."""
+    return ClipTransform(height, width, flip_p=0.0, erase_p=0.0, mean=mean, std=std,
+                         interpolation=interpolation)

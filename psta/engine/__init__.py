@@ -1,8 +1,13 @@
-"""Training engine: the loop (:mod:`.trainer`), checkpoints (:mod:`.checkpoint`), DDP set-up
-(:mod:`.distributed`).
+"""Training engine.
 
     from psta.engine import TrainConfig, train
+
+Modules: :mod:`.config` (TrainConfig), :mod:`.trainer` (the loop), :mod:`.loader` (resumable
+identity batches), :mod:`.validation` (held-out identities), :mod:`.bn_groups` (BatchNorm as on
+several DataParallel GPUs), :mod:`.checkpoint`, :mod:`.distributed` (torchrun / DDP set-up),
+:mod:`.runtime` (device, precision, seeds), :mod:`.inference` (test embeddings).
 """
+from .bn_groups import forward_in_groups
 from .checkpoint import (
     CHECKPOINT_NAME,
     MODEL_NAME,
@@ -16,25 +21,17 @@ from .checkpoint import (
     save_training_state,
     unwrap_model,
 )
+from .config import SELECTIONS, TrainConfig
 from .distributed import DistInfo, env_dist_info, init_distributed
-from .trainer import (
-    HISTORY_NAME,
-    HeldoutEvaluator,
-    ResumableBatchSampler,
-    TrainConfig,
-    TrainResult,
-    build_criterion,
-    resolve_autocast_dtype,
-    resolve_device,
-    seed_everything,
-    split_validation,
-    train,
-)
+from .loader import ResumableBatchSampler
+from .runtime import resolve_autocast_dtype, resolve_device, seed_everything
+from .trainer import HISTORY_NAME, TrainResult, build_criterion, epoch_summary, train
+from .validation import HeldoutEvaluator, split_validation
 
 __all__ = [
-    "TrainConfig", "TrainResult", "train", "HeldoutEvaluator", "split_validation",
-    "build_criterion", "resolve_device", "resolve_autocast_dtype", "seed_everything",
-    "ResumableBatchSampler", "DistInfo", "env_dist_info", "init_distributed",
+    "TrainConfig", "SELECTIONS", "TrainResult", "train", "HeldoutEvaluator", "split_validation",
+    "build_criterion", "epoch_summary", "forward_in_groups", "resolve_device", "resolve_autocast_dtype",
+    "seed_everything", "ResumableBatchSampler", "DistInfo", "env_dist_info", "init_distributed",
     "CHECKPOINT_NAME", "MODEL_NAME", "HISTORY_NAME", "TRAIN_STATE_FORMAT",
     "save_training_state", "load_training_state", "find_resume_checkpoint",
     "save_final_model", "load_final_model", "capture_rng_state", "restore_rng_state", "unwrap_model",

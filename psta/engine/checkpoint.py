@@ -21,12 +21,15 @@ every ``checkpoint_every_steps`` optimiser steps)::
       "world_size": int,
       "config": TrainConfig.to_dict(),
       "model_meta": {arch, num_classes, seq_len, height, width, backbone, feature_dim, ...},
+      "best": {"epoch", "val_rank1", "val_mAP"} or {},   # select=best_val: the best epoch so far
+      "best_model": {name: tensor} or None,              # ... and its weights
     }
 
 Final model, ``<out_dir>/model.pt``: the model package's checkpoint format
 (``{"format": "psta-reid/model-v1", "config": build_model kwargs, "state_dict": ...}``, readable by
 ``psta.model.checkpoints.load_checkpoint``) plus the flat metadata keys ``arch``, ``num_classes``,
-``seq_len``, ``height``, ``width``, ``backbone``, ``feature_dim``.
+``seq_len``, ``height``, ``width``, ``backbone``, ``feature_dim``, and ``selection``:
+``{"rule": "last" | "best_val", "epoch": 0-based epoch of the weights[, "val_rank1", "val_mAP"]}``.
 """
 from __future__ import annotations
 

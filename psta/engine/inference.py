@@ -41,10 +41,17 @@ def extract_features(
     device: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    max_clips: int = 200,
+    seed: int = 0,
 ) -> np.ndarray:
-    """float32 ``len(tracklets) x D`` embeddings, row i for row i of ``tracklets``."""
+    """float32 ``len(tracklets) x D`` embeddings, row i for row i of ``tracklets``.
+
+    ``dense`` keeps at most ``max_clips`` clips per tracklet (0: all), a window of consecutive
+    clips whose start is drawn from ``(seed, tracklet_id)``. Progress bars appear only when
+    ``progress`` is set and stderr is a terminal.
+    """
     from psta.data.datasets import TestChunks, TestClips
-    from psta.engine.trainer import resolve_autocast_dtype, resolve_device
+    from psta.engine.runtime import resolve_autocast_dtype, resolve_device
     from psta.model.precision import autocast_context
 
     if sampling not in SAMPLINGS:
@@ -72,15 +79,17 @@ def extract_features(
     if sampling == "begin":
         loader = DataLoader(TestClips(tracklets, cache, seq_len=seq_len), batch_size=batch_size,
                             num_workers=num_workers)
-        for clips, _, _, tids in tqdm(loader, desc="embeddings", disable=not progress, leave=False):
+        bar = tqdm(loader, desc="embeddings", disable=None if progress else True, leave=False)
+        for clips, _, _, tids in bar:
             rows = np.array([row_of[int(t)] for t in tids])
             add(rows, embed(clips), np.ones(len(rows)))
     else:
         chunks = TestChunks(tracklets, cache, seq_len=seq_len, mode=sampling,
-                            clips_per_chunk=batch_size, frames_per_chunk=batch_size * seq_len)
+                            clips_per_chunk=batch_size, frames_per_chunk=batch_size * seq_len,
+                            max_clips=max_clips, seed=seed)
         loader = DataLoader(chunks, batch_size=None, num_workers=num_workers)
         for clips, tid in tqdm(loader, total=len(chunks), desc=f"embeddings ({sampling})",
-                               disable=not progress, leave=False):
+                               disable=None if progress else True, leave=False):
             if sampling == "all":
                 clips, w = _split_into_clips(clips, seq_len)
             else:

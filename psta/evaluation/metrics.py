@@ -42,7 +42,7 @@ import numpy as np
 
 from ._topk import smallest_k
 from ._validate import as_features, as_ids, check_positive_int
-from .distance import DistanceRows, as_distance_matrix, iter_distance_blocks, _check_metric
+from .distance import DistanceRows, _check_metric, as_distance_matrix, iter_distance_blocks
 
 __all__ = ["rank_metrics", "rank_metrics_from_features", "cmc_at"]
 
@@ -163,6 +163,19 @@ def _topk_block(D: np.ndarray, qp: np.ndarray, qc: np.ndarray, n_junk: np.ndarra
     return out, match
 
 
+def _closest_block(D: np.ndarray, qp: np.ndarray, qc: np.ndarray, gal: GalleryIndex):
+    """Per row: gallery index and distance of the closest valid match (-1 / inf if none), and
+    the distance of the closest item of another identity (inf if none). Ties: lowest index."""
+    same = gal.pids[None, :] == qp[:, None]
+    is_pos = same & (gal.camids[None, :] != qc[:, None])
+    inf = np.array(np.inf, dtype=D.dtype)
+    d_pos = np.where(is_pos, D, inf)
+    first = d_pos.argmin(axis=1)
+    first_d = d_pos[np.arange(len(first)), first]
+    first = np.where(np.isfinite(first_d), first, -1)
+    return first, first_d, np.where(same, inf, D).min(axis=1)
+
+
 def _check_block_finite(D: np.ndarray, idx: np.ndarray, name: str) -> None:
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(D.sum()):
@@ -206,12 +219,19 @@ def _evaluate(blocks: Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarr
     last = np.full(num_query, -1, dtype=np.int64)
     ranked = np.full((num_query, topk), -1, dtype=np.int64) if topk else None
     ranked_match = np.zeros((num_query, topk), dtype=bool) if topk else None
+    ranked_dist = np.full((num_query, topk), np.nan) if topk else None
+    closest = [np.full(num_query, -1, np.int64), np.full(num_query, np.inf),
+               np.full(num_query, np.inf)] if topk else None
 
     for idx, D in blocks(order):
         if check_blocks:
             _check_block_finite(D, idx, dist_name)
         if topk:
             ranked[idx], ranked_match[idx] = _topk_block(D, qp[idx], qc[idx], n_junk[idx], gal, topk)
+            ranked_dist[idx] = np.where(ranked[idx] >= 0, np.take_along_axis(
+                D, np.maximum(ranked[idx], 0), axis=1), np.nan)
+            for out, value in zip(closest, _closest_block(D, qp[idx], qc[idx], gal)):
+                out[idx] = value
         v = npos[idx] > 0
         nv = int(v.sum())  # valid rows form a prefix of the block (order is by npos descending)
         if nv == 0:
@@ -254,6 +274,8 @@ def _evaluate(blocks: Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarr
     if topk:
         out["ranked_indices"] = ranked
         out["ranked_matches"] = ranked_match
+        out["ranked_distances"] = ranked_dist
+        out["first_match_index"], out["first_match_distance"], out["first_nonmatch_distance"] = closest
     return out
 
 
@@ -283,8 +305,12 @@ def rank_metrics(dist: Any, q_pids: Any, q_camids: Any, g_pids: Any, g_camids: A
         chunk_size: query rows processed at once; memory is ``O(chunk_size x num_gallery)``.
             Results do not depend on it.
         topk: if > 0, also return each query's ``topk`` closest gallery indices with the
-            ignored items skipped (``ranked_indices``, -1 padded) and whether each is a true
-            match (``ranked_matches``), for visualisation.
+            ignored items skipped (``ranked_indices``, -1 padded), whether each is a true
+            match (``ranked_matches``) and its distance (``ranked_distances``, NaN padded),
+            and per query the gallery index and distance of its closest valid match
+            (``first_match_index``, -1 if none; ``first_match_distance``, inf if none) and
+            the distance of its closest item of another identity
+            (``first_nonmatch_distance``), for visualisation.
 
     Returns:
         dict with ``cmc`` (float64 array, length ``max_rank``), ``mAP``, ``mINP``,

@@ -5,7 +5,8 @@ The table needs columns ``split`` ("query" / "gallery"; "train" rows are ignored
 ``tracklet_id`` is used for the ranked lists when present. ``features`` holds one embedding
 per row of the table, in the table's row order.
 
-Protocols (each dataset declares its own in :mod:`psta.data.registry`):
+Protocols (each dataset declares its own in :mod:`psta.data.registry`; docs/SPEC.md, "Test
+protocol"):
 
 * ``"mars_official"``: the MARS authors' code and PSTA: gallery = query rows + gallery rows
   (all test tracklets, 11,310 at full scale). The query itself (same identity and camera) is
@@ -30,9 +31,11 @@ import pandas as pd
 from psta.data.registry import PROTOCOLS, Protocol, get_protocol
 
 from ._validate import to_numpy
+from .bootstrap import bootstrap_intervals
 from .distance import _check_metric
 from .metrics import rank_metrics, rank_metrics_from_features
 from .rerank import re_rank
+from .verification import verification_metrics_from_features
 
 __all__ = ["PROTOCOLS", "Protocol", "ProtocolSplit", "protocol_split", "evaluate_protocol", "summary"]
 
@@ -94,7 +97,8 @@ def _rerank_params(rerank: Any) -> dict | None:
 
 def evaluate_protocol(name: str | Protocol, features: Any, tracklets: pd.DataFrame, metric: str = "cosine",
                       rerank: Any = None, max_rank: int = 50, topk: int = 10,
-                      chunk_size: int = 256) -> dict:
+                      chunk_size: int = 256, target_fpr: float | None = 1e-3,
+                      bootstrap: int = 1000, seed: int = 0) -> dict:
     """Evaluate embeddings of a tracklet table under protocol ``name``.
 
     Args:
@@ -106,6 +110,12 @@ def evaluate_protocol(name: str | Protocol, features: Any, tracklets: pd.DataFra
         rerank: None (no re-ranking), True (k-reciprocal with k1=20, k2=6, lambda=0.3) or a
             dict overriding some of those.
         max_rank: CMC length. topk: ranked-list length per query (0 = none).
+        target_fpr: the false-positive rate the verification threshold is calibrated to
+            (:mod:`psta.evaluation.verification`); None skips the verification metrics. They
+            always use the plain ``metric`` distance: a re-ranked distance depends on the
+            whole gallery, so no pair threshold carries over from it.
+        bootstrap: resamples of the 95% bootstrap intervals of rank-1 / mAP (0: none);
+            seed: their random seed.
 
     Returns:
         dict: ``protocol``, ``metric``, ``rerank``, ``rank1/5/10/20``, ``mAP``, ``mINP``
@@ -113,9 +123,13 @@ def evaluate_protocol(name: str | Protocol, features: Any, tracklets: pd.DataFra
         ``num_skipped_queries``, ``per_camera`` ({query camid: {num_queries,
         num_valid_queries, rank1, mAP, mINP}}), ``query_rows`` / ``gallery_rows`` (row
         positions in ``tracklets``), per-query ``ap``, ``inp``, ``first_match_rank``,
-        ``valid``; and with ``topk``: ``ranked_rows`` (``num_queries x topk`` table rows of
-        the closest non-ignored gallery items, -1 padded), ``ranked_matches`` and, if the
-        table has ``tracklet_id``, ``query_tracklet_ids`` / ``ranked_tracklet_ids``.
+        ``valid``; ``rank1_ci`` / ``mAP_ci`` (95% bootstrap intervals, with ``bootstrap``);
+        ``verification`` (with ``target_fpr``); and with ``topk``: ``ranked_rows``
+        (``num_queries x topk`` table rows of the closest non-ignored gallery items, -1
+        padded), ``ranked_matches``, ``ranked_distances``, ``first_match_row`` (table row of
+        each query's closest valid match, -1 if none), ``first_match_distance``,
+        ``first_nonmatch_distance`` and, if the table has ``tracklet_id``,
+        ``query_tracklet_ids`` / ``ranked_tracklet_ids`` / ``first_match_tracklet_ids``.
     """
     _check_metric(metric)
     params = _rerank_params(rerank)
@@ -162,15 +176,32 @@ def evaluate_protocol(name: str | Protocol, features: Any, tracklets: pd.DataFra
         }
     out["per_camera"] = per_cam
 
+    if bootstrap:
+        ci = bootstrap_intervals(res["first_match_rank"], res["ap"], res["valid"],
+                                 num_samples=bootstrap, seed=seed)
+        out["rank1_ci"], out["mAP_ci"] = ci["rank1"], ci["mAP"]
+    if target_fpr is not None:
+        out["verification"] = verification_metrics_from_features(
+            qf, gf, pid[qr], cam[qr], pid[gr], cam[gr], metric=metric, target_fpr=target_fpr)
     if topk:
-        ri = res["ranked_indices"]
-        out["ranked_rows"] = np.where(ri >= 0, gr[np.maximum(ri, 0)], -1)
-        out["ranked_matches"] = res["ranked_matches"]
-        if "tracklet_id" in tracklets.columns:
-            tid = tracklets["tracklet_id"].to_numpy().astype(np.int64)
-            out["query_tracklet_ids"] = tid[qr]
-            out["ranked_tracklet_ids"] = np.where(ri >= 0, tid[gr[np.maximum(ri, 0)]], -1)
+        _ranked_outputs(out, res, tracklets, gr)
     return out
+
+
+def _ranked_outputs(out: dict, res: dict, tracklets: pd.DataFrame, gr: np.ndarray) -> None:
+    """The ranked lists and closest matches of a result, as table rows and tracklet ids."""
+    ri, fi = res["ranked_indices"], res["first_match_index"]
+    out["ranked_rows"] = np.where(ri >= 0, gr[np.maximum(ri, 0)], -1)
+    out["ranked_matches"] = res["ranked_matches"]
+    out["ranked_distances"] = res["ranked_distances"]
+    out["first_match_row"] = np.where(fi >= 0, gr[np.maximum(fi, 0)], -1)
+    out["first_match_distance"] = res["first_match_distance"]
+    out["first_nonmatch_distance"] = res["first_nonmatch_distance"]
+    if "tracklet_id" in tracklets.columns:
+        tid = tracklets["tracklet_id"].to_numpy().astype(np.int64)
+        out["query_tracklet_ids"] = tid[out["query_rows"]]
+        out["ranked_tracklet_ids"] = np.where(ri >= 0, tid[gr[np.maximum(ri, 0)]], -1)
+        out["first_match_tracklet_ids"] = np.where(fi >= 0, tid[gr[np.maximum(fi, 0)]], -1)
 
 
 def summary(result: dict) -> dict:

@@ -61,7 +61,8 @@ class PSTA(nn.Module):
             nn.BatchNorm2d(planes),
             nn.ReLU(inplace=True),
         )
-        self.down_channel.apply(weights_init_kaiming)
+        # the reference leaves this conv (and its BN) at PyTorch's default init
+        # (kaiming_uniform(a=sqrt(5)): std 1/sqrt(3 * 2048) = 0.0128), not Kaiming normal (0.0313)
         for i in range(levels):  # layer1, layer2, ...: the released checkpoints' names
             self.add_module(f"layer{i + 1}", STAM(planes, mid_planes, spatial_size))
         self.bottleneck = nn.ModuleList([nn.BatchNorm1d(planes) for _ in range(levels)])

@@ -1,4 +1,4 @@
-"""Parameter initialisation used by the PSTA reference configuration (see PSTA_SPEC.md)."""
+"""Parameter initialisation used by the PSTA reference configuration (docs/SPEC.md, "Initialisation")."""
 from __future__ import annotations
 
 from torch import nn

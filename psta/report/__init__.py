@@ -9,10 +9,10 @@ per-camera table, training curves, dataset statistics and ranked-list pictures o
 worst queries. The sections are plain data rendered by Jinja2 templates (``templates/``);
 figures are PNGs made with matplotlib (Agg canvas) and numpy/Pillow.
 """
-from .figures import MATCH_COLOR, MISS_COLOR, QUERY_COLOR, ranked_strip, strip_layout
 from .inputs import ReportInputError, load_results
 from .paper import paper_table
 from .render import build_report
+from .strips import MATCH_COLOR, MISS_COLOR, QUERY_COLOR, ranked_strip, strip_layout
 
 __all__ = [
     "MATCH_COLOR", "MISS_COLOR", "QUERY_COLOR", "ReportInputError", "build_report", "load_results",

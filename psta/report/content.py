@@ -6,7 +6,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Figure", "Table", "data_uri", "fmt", "fmt_int", "pct"]
+from psta.data.registry import PROTOCOLS
+
+__all__ = ["Figure", "Table", "camera_label", "ci_text", "data_uri", "fmt", "fmt_int", "fpr_text", "pct",
+           "protocol_text"]
 
 
 @dataclass(frozen=True)
@@ -66,3 +69,30 @@ def fmt_int(value: Any) -> str:
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def ci_text(interval: Any) -> str:
+    """A (low, high) interval of fractions -> "84.1–91.2" (percent); missing -> an en dash."""
+    try:
+        low, high = (pct(v) for v in interval)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if low is None or high is None else f"{fmt(low)}–{fmt(high)}"
+
+
+def camera_label(camid: Any) -> str:
+    """A 0-based camera id as the datasets write it in file names: 0 -> "C1"."""
+    try:
+        return f"C{int(camid) + 1}"
+    except (TypeError, ValueError):
+        return str(camid)
+
+
+def fpr_text(fpr: float) -> str:
+    """0.001 -> "0.1%"; 0.0001 -> "0.01%"."""
+    return f"{100 * float(fpr):g}%"
+
+
+def protocol_text(name: str) -> str:
+    """What a registered protocol's gallery is ("" for a protocol the registry does not know)."""
+    return PROTOCOLS[name].description if name in PROTOCOLS else ""

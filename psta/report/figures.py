@@ -1,50 +1,21 @@
-"""Figures of the run report, each returned as PNG bytes.
+"""Plots of the run report, each returned as PNG bytes.
 
 Plots use matplotlib's object API with an explicit Agg canvas (``Figure`` +
 ``FigureCanvasAgg``), never pyplot: building a report neither needs a display nor changes the
-caller's global matplotlib backend. Ranked-list pictures are assembled with numpy (tiles and
-coloured borders) and encoded losslessly with Pillow, so the border colours in the PNG are
-exactly :data:`MATCH_COLOR` / :data:`MISS_COLOR`.
+caller's global matplotlib backend. Ranked-list pictures are in :mod:`psta.report.strips`.
 """
 from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-__all__ = [
-    "MATCH_COLOR", "MISS_COLOR", "QUERY_COLOR", "StripLayout", "strip_layout", "ranked_strip",
-    "png_bytes", "cmc_figure", "training_figure", "placeholder_png",
-]
-
-MATCH_COLOR = (34, 160, 60)     # green frame: same identity as the query
-MISS_COLOR = (214, 39, 40)      # red frame: another identity (or a distractor)
-QUERY_COLOR = (52, 101, 164)    # blue frame: the query's own frames
-BACKGROUND = (255, 255, 255)
-TEXT_COLOR = (40, 40, 40)
-
-# strip geometry (pixels)
-BORDER = 4          # coloured frame around every tile
-GAP = 4             # between tiles
-SEPARATOR = 24      # between the query frames and the ranked gallery
-MARGIN = 6
-LABEL_BAND = 16     # text band above (rank) and below (identity) the tiles
-
+__all__ = ["cmc_figure", "roc_figure", "distance_figure", "ap_histogram_figure",
+           "embedding_figure", "training_figure", "placeholder_png"]
 
 # --------------------------------------------------------------------------- encoding
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """Encode an ``H x W x 3`` uint8 array as PNG (lossless)."""
-    from PIL import Image
-
-    arr = np.ascontiguousarray(image, dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode="RGB").save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
 
 def _figure_png(fig) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -72,40 +43,125 @@ def placeholder_png(text: str, width: float = 6.0, height: float = 1.2) -> bytes
 
 # --------------------------------------------------------------------------- CMC
 
-def cmc_figure(curves: dict[str, Sequence[float]], paper: dict | None = None,
-               title: str = "CMC curve") -> bytes:
-    """CMC curves (fractions 0..1, rank 1 first), one line per protocol, plotted in percent.
+def cmc_figure(curves: dict[str, Sequence[float]], baseline: dict[str, Sequence[float]] | None = None,
+               paper: dict | None = None, title: str = "CMC curve") -> bytes:
+    """CMC step curves (fractions 0..1, rank 1 first), one per protocol, plotted in percent;
+    ``baseline`` (the untrained model's curves) on the same axes, thin and dashed.
 
-    ``paper``: optional ``{"protocol", "rank1", "label"}`` (rank1 in percent) drawn as a star
-    at rank 1 for comparison.
+    ``paper``: optional ``{"rank1", "label"}`` (rank1 in percent) drawn as a star at rank 1.
     """
     fig = _new_figure(7.5, 4.4)
     ax = fig.add_subplot()
-    markers = "osD^v<>"
-    styles = ("-", (0, (5, 3)), (0, (1, 2)), "-.")
-    lo = 100.0
-    for i, (name, cmc) in enumerate(curves.items()):  # later protocols dashed, on top
-        y = 100.0 * np.asarray(cmc, dtype=np.float64)
-        if not len(y):
-            continue
-        x = np.arange(1, len(y) + 1)
-        marks = [r - 1 for r in (1, 5, 10, 20) if r <= len(y)]
-        ax.plot(x, y, color=f"C{i}", lw=2.6 if i == 0 else 2.0, ls=styles[i % len(styles)],
-                marker=markers[i % len(markers)], markevery=marks, ms=6, label=f"{name}  (rank-1 {y[0]:.1f}%, rank-10 {y[min(9, len(y) - 1)]:.1f}%)")
-        lo = min(lo, float(np.nanmin(y)))
+    lo, longest = 100.0, 1
+    for group, dashed in ((curves, False), (baseline or {}, True)):
+        for i, (name, cmc) in enumerate(group.items()):
+            y = 100.0 * np.asarray(cmc, dtype=np.float64)
+            if not len(y):
+                continue
+            x = np.arange(1, len(y) + 1)
+            label = (f"{name}, untrained (rank-1 {y[0]:.1f}%)" if dashed else
+                     f"{name} (rank-1 {y[0]:.1f}%, rank-10 {y[min(9, len(y) - 1)]:.1f}%)")
+            ax.step(x, y, where="post", color=f"C{i}", lw=1.4 if dashed else 2.4 - 0.4 * i,
+                    ls=(0, (4, 3)) if dashed else "-", alpha=0.75 if dashed else 1.0, label=label)
+            lo, longest = min(lo, float(np.nanmin(y))), max(longest, len(y))
     if paper and paper.get("rank1") is not None:
         ax.plot([1], [paper["rank1"]], marker="*", ms=15, ls="none", color="0.15",
                 label=f"{paper.get('label', 'paper')} rank-1 {paper['rank1']:.1f}%")
         lo = min(lo, float(paper["rank1"]))
     ax.set_xscale("log")
-    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if t <= max([len(c) for c in curves.values()] + [1])]
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if t <= longest]
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("rank (log scale)")
     ax.set_ylabel("matching rate (%)")
     ax.set_ylim(max(0.0, math.floor((lo - 5) / 10) * 10), 101)
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=9, frameon=True)
+    ax.legend(loc="lower right", fontsize=8, frameon=True)
+    return _figure_png(fig)
+
+
+# --------------------------------------------------------------------------- verification
+
+def roc_figure(curves: dict[str, dict], operating: dict | None = None) -> bytes:
+    """ROC curves (``{name: {"fpr": [...], "tpr": [...]}}``, fractions) with FPR on a log scale;
+    ``operating``: ``{"fpr", "tpr", "label"}`` marked as the calibrated threshold's point."""
+    fig = _new_figure(7.0, 4.4)
+    ax = fig.add_subplot()
+    floor = 1.0
+    for i, (name, roc) in enumerate(curves.items()):
+        fpr, tpr = np.asarray(roc["fpr"], float), 100 * np.asarray(roc["tpr"], float)
+        positive = fpr > 0
+        if positive.any():
+            floor = min(floor, float(fpr[positive].min()))
+        ax.plot(fpr, tpr, color=f"C{i}", lw=2.2 - 0.4 * i, label=name)
+    if operating:
+        ax.plot([max(operating["fpr"], floor)], [100 * operating["tpr"]], marker="o", ms=9,
+                mfc="none", mew=2, color="0.1", ls="none", label=operating["label"])
+        ax.axvline(operating["target_fpr"], color="0.4", lw=1, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlim(max(min(floor, 1e-4) / 2, 1e-7), 1.0)
+    ax.set_ylim(0, 101)
+    ax.set_xlabel("false-positive rate (log scale)")
+    ax.set_ylabel("true-positive rate (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title("ROC: same person or not")
+    ax.legend(loc="lower right", fontsize=8)
+    return _figure_png(fig)
+
+
+def distance_figure(edges: Sequence[float], matching: Sequence[int], non_matching: Sequence[int],
+                    threshold: float | None = None, distance: str = "distance") -> bytes:
+    """The two distance distributions (densities, so both are visible) and the threshold."""
+    fig = _new_figure(7.0, 3.8)
+    ax = fig.add_subplot()
+    edges = np.asarray(edges, float)
+    for counts, colour, label in ((matching, "C2", "matching pairs"),
+                                  (non_matching, "C3", "non-matching pairs")):
+        counts = np.asarray(counts, float)
+        density = counts / max(counts.sum(), 1) / np.diff(edges)
+        ax.stairs(density, edges, fill=True, alpha=0.35, color=colour)
+        ax.stairs(density, edges, color=colour, lw=1.6, label=f"{label} ({int(counts.sum()):,})")
+    if threshold is not None and math.isfinite(threshold):
+        ax.axvline(threshold, color="0.1", lw=1.6, ls="--", label=f"threshold {threshold:.4f}")
+    ax.set_xlabel(f"{distance} distance")
+    ax.set_ylabel("density")
+    ax.set_title("distances of matching and non-matching pairs")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _figure_png(fig)
+
+
+def ap_histogram_figure(edges: Sequence[float], counts: Sequence[int], mean_ap: float | None = None) -> bytes:
+    """Histogram of per-query average precision (fractions on the edges, shown in percent)."""
+    fig = _new_figure(7.0, 3.4)
+    ax = fig.add_subplot()
+    edges = 100 * np.asarray(edges, float)
+    ax.stairs(np.asarray(counts, float), edges, fill=True, color="C0", alpha=0.6)
+    if mean_ap is not None:
+        ax.axvline(100 * mean_ap, color="0.1", ls="--", lw=1.4, label=f"mAP {100 * mean_ap:.1f}%")
+        ax.legend(fontsize=8, loc="upper left")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("average precision of a query (%)")
+    ax.set_ylabel("queries")
+    ax.set_title("per-query AP")
+    ax.grid(True, alpha=0.3)
+    return _figure_png(fig)
+
+
+def embedding_figure(points: np.ndarray, labels: Sequence[int], explained: Sequence[float]) -> bytes:
+    """2-D points (a projection of embeddings), one colour per identity label."""
+    fig = _new_figure(6.4, 4.8)
+    ax = fig.add_subplot()
+    labels = np.asarray(labels)
+    for i, pid in enumerate(dict.fromkeys(labels.tolist())):
+        sel = labels == pid
+        ax.scatter(points[sel, 0], points[sel, 1], s=28, color=f"C{i % 10}",
+                   marker="osD^v<>"[i // 10 % 7], label=f"id {pid}", alpha=0.85, edgecolors="none")
+    ax.set_xlabel(f"PC 1 ({100 * explained[0]:.0f}% of variance)")
+    ax.set_ylabel(f"PC 2 ({100 * explained[1]:.0f}% of variance)")
+    ax.set_title("gallery embeddings, principal components")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _figure_png(fig)
 
 
@@ -185,115 +241,3 @@ def training_figure(history) -> bytes:
     for ax in axes:
         ax.grid(True, alpha=0.3)
     return _figure_png(fig)
-
-
-# --------------------------------------------------------------------------- ranked lists
-
-@dataclass(frozen=True)
-class StripLayout:
-    """Pixel geometry of a ranked-list strip. Boxes are ``(x0, y0, x1, y1)``, end-exclusive,
-    and include the coloured border (``BORDER`` pixels wide on every side)."""
-    width: int
-    height: int
-    tile_height: int
-    tile_width: int
-    query_boxes: tuple[tuple[int, int, int, int], ...]
-    gallery_boxes: tuple[tuple[int, int, int, int], ...]
-
-
-def strip_layout(num_query: int, num_gallery: int, tile_height: int, tile_width: int) -> StripLayout:
-    """Where each framed tile sits in a strip of ``num_query`` query frames, then ``num_gallery``
-    ranked gallery tracklets, left to right."""
-    bw, bh = tile_width + 2 * BORDER, tile_height + 2 * BORDER
-    y0 = MARGIN + LABEL_BAND
-    x = MARGIN
-    q = []
-    for i in range(num_query):
-        q.append((x, y0, x + bw, y0 + bh))
-        x += bw + GAP
-    x += SEPARATOR - GAP if num_query else 0
-    g = []
-    for i in range(num_gallery):
-        g.append((x, y0, x + bw, y0 + bh))
-        x += bw + GAP
-    width = x - GAP + MARGIN if (num_query or num_gallery) else 2 * MARGIN
-    height = y0 + bh + LABEL_BAND + MARGIN
-    return StripLayout(width, height, tile_height, tile_width, tuple(q), tuple(g))
-
-
-def _to_hwc(frame) -> np.ndarray:
-    arr = frame.numpy() if hasattr(frame, "numpy") else np.asarray(frame)
-    arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
-        arr = arr.transpose(1, 2, 0)
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ValueError(f"a frame must be 3 x H x W or H x W x 3, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.uint8)
-
-
-def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    if frame.shape[:2] == (height, width):
-        return frame
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC))
-
-
-def _framed(tile: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
-    h, w = tile.shape[:2]
-    out = np.empty((h + 2 * BORDER, w + 2 * BORDER, 3), np.uint8)
-    out[:] = color
-    out[BORDER:BORDER + h, BORDER:BORDER + w] = tile
-    return out
-
-
-def ranked_strip(query_frames: Sequence, gallery_frames: Sequence, matches: Sequence[bool], *,
-                 tile_height: int = 128, gallery_labels: Sequence[str] | None = None,
-                 query_label: str = "query") -> np.ndarray:
-    """One ranked list as a picture: the query's frames (blue frames), a gap, then the ranked
-    gallery tracklets (one frame each), framed :data:`MATCH_COLOR` where ``matches[i]`` and
-    :data:`MISS_COLOR` otherwise. Rank numbers above, ``gallery_labels`` below.
-
-    Frames are uint8 ``3 x H x W`` (as the frame cache returns) or ``H x W x 3``; they are
-    resized to ``tile_height`` (keeping the first frame's aspect ratio). Returns ``H x W x 3``
-    uint8; the tiles sit where :func:`strip_layout` says.
-    """
-    q = [_to_hwc(f) for f in query_frames]
-    g = [_to_hwc(f) for f in gallery_frames]
-    if len(matches) != len(g):
-        raise ValueError(f"{len(g)} gallery frames but {len(matches)} match flags")
-    ref = (q or g or [np.zeros((2, 1, 3), np.uint8)])[0]
-    tile_w = max(1, int(round(tile_height * ref.shape[1] / ref.shape[0])))
-    lay = strip_layout(len(q), len(g), tile_height, tile_w)
-    img = np.empty((lay.height, lay.width, 3), np.uint8)
-    img[:] = BACKGROUND
-    for frame, (x0, y0, x1, y1) in zip(q, lay.query_boxes):
-        img[y0:y1, x0:x1] = _framed(_resize(frame, tile_height, tile_w), QUERY_COLOR)
-    for frame, m, (x0, y0, x1, y1) in zip(g, matches, lay.gallery_boxes):
-        img[y0:y1, x0:x1] = _framed(_resize(frame, tile_height, tile_w), MATCH_COLOR if m else MISS_COLOR)
-    return _label(img, lay, query_label, gallery_labels, matches)
-
-
-def _label(img: np.ndarray, lay: StripLayout, query_label: str,
-           gallery_labels: Sequence[str] | None, matches: Sequence[bool]) -> np.ndarray:
-    """Rank numbers above the gallery tiles, labels below; text only in the label bands."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    pil = Image.fromarray(img)
-    draw = ImageDraw.Draw(pil)
-    try:
-        font = ImageFont.load_default(size=11)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        font = ImageFont.load_default()
-    top = MARGIN + LABEL_BAND // 2
-    if lay.query_boxes and query_label:
-        x0, x1 = lay.query_boxes[0][0], lay.query_boxes[-1][2]
-        draw.text(((x0 + x1) / 2, top), query_label, fill=QUERY_COLOR, font=font, anchor="mm")
-    bottom = lay.gallery_boxes[0][3] + LABEL_BAND // 2 if lay.gallery_boxes else 0
-    for i, (x0, y0, x1, y1) in enumerate(lay.gallery_boxes):
-        cx = (x0 + x1) / 2
-        draw.text((cx, top), str(i + 1), fill=TEXT_COLOR, font=font, anchor="mm")
-        if gallery_labels is not None and i < len(gallery_labels):
-            draw.text((cx, bottom), str(gallery_labels[i]), font=font, anchor="mm",
-                      fill=MATCH_COLOR if matches[i] else MISS_COLOR)
-    return np.asarray(pil)

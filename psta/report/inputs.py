@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from psta.errors import UserError
@@ -35,6 +36,7 @@ class ReportInputs:
     ranked: pd.DataFrame | None = None
     eval_tracklets: pd.DataFrame | None = None
     index_tracklets: pd.DataFrame | None = None
+    features: np.ndarray | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -99,6 +101,17 @@ def _history(path: Path | None, notes: dict) -> pd.DataFrame | None:
     return df
 
 
+def _optional_features(path: Path, notes: dict) -> np.ndarray | None:
+    if not path.is_file():
+        notes["features"] = f"{path} not found"
+        return None
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        notes["features"] = f"cannot read {path}: {e}"
+        return None
+
+
 def read_inputs(eval_dir: Path, index_dir: Path | None, history_csv: Path | None,
                 metrics_json: Path | None) -> ReportInputs:
     """Every input of the report; raises :class:`ReportInputError` without results.json."""
@@ -109,6 +122,7 @@ def read_inputs(eval_dir: Path, index_dir: Path | None, history_csv: Path | None
     inputs.history = _history(history_csv, notes)
     inputs.ranked = _optional_parquet(eval_dir / "ranked.parquet", notes, "ranked")
     inputs.eval_tracklets = _optional_parquet(eval_dir / "tracklets.parquet", notes, "eval_tracklets")
+    inputs.features = _optional_features(eval_dir / "features.npy", notes)
     if index_dir is not None and (index_dir / "tracklets.parquet").is_file():
         inputs.index_tracklets = _optional_parquet(index_dir / "tracklets.parquet", notes,
                                                    "index_tracklets")

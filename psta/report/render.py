@@ -15,11 +15,15 @@ import jinja2
 
 from psta.atomic import atomic_dir, atomic_path
 
-from . import sections as S
+from . import plots, tables
 from .content import data_uri
 from .inputs import read_inputs
 from .paper import dataset_display_name, headline_protocol, paper_result, paper_table
 from .ranked import ranked_section
+from .summary import summary_section
+
+SECTION_ORDER = ("summary", "results", "cmc", "verification", "ap", "cameras", "embedding",
+                 "training", "dataset", "ranked")
 
 __all__ = ["build_report", "render_html", "render_markdown"]
 
@@ -57,8 +61,9 @@ def build_report(eval_dir: str | os.PathLike, index_dir: str | os.PathLike | Non
                  cache_dir: str | os.PathLike | None, history_csv: str | os.PathLike | None,
                  metrics_json: str | os.PathLike | None, out_html: str | os.PathLike,
                  out_md: str | os.PathLike, *, num_examples: int = 3,
-                 paper: dict[str, dict[str, Any]] | None = None, tile_height: int = 128,
-                 data_source: str | None = None, selection: str | None = None) -> dict:
+                 paper: dict[str, dict[str, Any]] | None = None, tile_height: int = 112,
+                 data_source: str | None = None, selection: str | None = None,
+                 provenance: dict[str, str] | None = None) -> dict:
     """Render the run report: ``out_html`` (self-contained) and ``out_md`` + ``figures/``.
 
     Args:
@@ -78,6 +83,9 @@ def build_report(eval_dir: str | os.PathLike, index_dir: str | os.PathLike | Non
             synthetic demo and drops the comparisons with the paper (its numbers are on the
             real dataset).
         selection: how the reported model was picked (a sentence shown in the run summary).
+        provenance: where the numbers come from, over results.json's ``provenance``
+            (``date``, ``git_commit``, ``params_hash``, ``mlflow_run_id``, ``registered_model``,
+            ``registered_version``, ``report_date``).
 
     Returns:
         ``{"html", "md", "figures_dir"`` (paths as str), ``"figures"`` (file names),
@@ -92,43 +100,54 @@ def build_report(eval_dir: str | os.PathLike, index_dir: str | os.PathLike | Non
     index_dir = Path(index_dir) if index_dir is not None else None
     inputs = read_inputs(eval_dir, index_dir, Path(history_csv) if history_csv is not None else None,
                          Path(metrics_json) if metrics_json is not None else None)
-    results, notes = inputs.results, inputs.notes
-    protocols = results["protocols"]
-    dataset = str(results.get("dataset") or ("duke" if "duke" in protocols else "mars")).lower()
+    protocols = inputs.results["protocols"]
+    dataset = str(inputs.results.get("dataset") or ("duke" if "duke" in protocols else "mars")).lower()
     headline = headline_protocol(dataset, protocols, paper)
+    context = _sections(inputs, dataset, headline, paper, data_source == "synthetic",
+                        {**(inputs.results.get("provenance") or {}), **(provenance or {})},
+                        Path(cache_dir) if cache_dir is not None else None, num_examples, tile_height)
+    context["footer"] = _footer(eval_dir, index_dir, cache_dir, history_csv, metrics_json)
+    context["selection"] = selection
+    figures = [context[k][f] for k, f in (("cmc", "figure"), ("verification", "roc"),
+                                          ("verification", "distances"), ("ap", "figure"),
+                                          ("embedding", "figure"), ("training", "figure"))
+               if context[k][f] is not None]
+    ranked_figs = [f for g in context["ranked"]["groups"] for f in g["figures"]]
+    figures += ranked_figs
+    return _write(context, figures, ranked_figs, Path(out_html), Path(out_md), inputs.notes, headline)
+
+
+def _sections(inputs, dataset: str, headline: str, paper: dict | None, synthetic: bool,
+              provenance: dict, cache_dir: Path | None, num_examples: int, tile_height: int) -> dict:
+    """Every section's plain data, the title and the subtitle: the templates' context."""
+    results, notes = inputs.results, inputs.notes
     paper_row = paper_result(dataset, paper)
-    untrained = S.untrained_numbers(results, inputs.metrics)
+    untrained = tables.untrained_numbers(results, inputs.metrics)
     if not untrained:
         notes.setdefault("untrained", "no untrained-model numbers")
-
-    synthetic = data_source == "synthetic"
     ds_name = dataset_display_name(dataset, paper)
     ds_label = f"synthetic, {ds_name} layout" if synthetic else ds_name
     comparable = None if synthetic else paper_row  # no deltas to the paper on the demo data
     context = {
         "title": f"PSTA video re-identification — {ds_label} run report",
         "subtitle": (f"Pyramid Spatial-Temporal Aggregation (ICCV 2021) reproduction · dataset "
-                     f"{dataset} · protocols {', '.join(protocols)}"),
-        "footer": _footer(eval_dir, index_dir, cache_dir, history_csv, metrics_json),
-        "selection": selection,
-        "summary": S.summary_section(results, dataset, ds_label, headline, comparable,
-                                     inputs.history, inputs.stats),
-        "results": S.results_section(results, headline, ds_label, paper_table(paper), paper_row,
-                                     untrained, synthetic),
-        "cmc": S.cmc_section(results, headline, comparable),
-        "cameras": S.camera_section(results),
-        "training": S.training_section(inputs.history, notes.get("history")),
-        "dataset": S.dataset_section(inputs.stats, notes.get("stats")),
+                     f"{dataset} · protocols {', '.join(results['protocols'])}"),
+        "summary": summary_section(results, dataset, ds_label, headline, comparable, inputs.history,
+                                   inputs.stats, provenance),
+        "results": tables.results_section(results, headline, ds_label, paper_table(paper), paper_row,
+                                          untrained, synthetic),
+        "cmc": plots.cmc_section(results, untrained, headline, comparable),
+        "verification": plots.verification_section(results, headline),
+        "ap": plots.ap_section(results, headline),
+        "cameras": tables.camera_section(results),
+        "embedding": plots.embedding_section(inputs.features, inputs.eval_tracklets),
+        "training": plots.training_section(inputs.history, notes.get("history")),
+        "dataset": tables.dataset_section(inputs.stats, notes.get("stats")),
         "ranked": ranked_section(inputs.ranked, [inputs.eval_tracklets, inputs.index_tracklets],
-                                 Path(cache_dir) if cache_dir is not None else None, headline,
-                                 num_examples, notes.get("ranked"), tile_height),
+                                 cache_dir, headline, num_examples, notes.get("ranked"), tile_height),
     }
-    context["sections"] = [context[k] for k in ("summary", "results", "cmc", "cameras",
-                                                "training", "dataset", "ranked")]
-    figures = [f for f in (context["cmc"]["figure"], context["training"]["figure"]) if f is not None]
-    ranked_figs = [f for g in context["ranked"]["groups"] for f in g["figures"]]
-    figures += ranked_figs
-    return _write(context, figures, ranked_figs, Path(out_html), Path(out_md), notes, headline)
+    context["sections"] = [context[k] for k in SECTION_ORDER]
+    return context
 
 
 def _write(context: dict, figures: list, ranked_figs: list, out_html: Path, out_md: Path,
