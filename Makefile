@@ -14,14 +14,16 @@ export MLFLOW_ENABLE_TELEMETRY := false
 # pip on this machine lists extra local indexes that warn for every missing package
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install system-deps run lint test test-fast bench serve ui exps
+.PHONY: install system-deps run lint test test-fast bench serve ui prefect-ui exps
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --progress-bar off -q -e '.[test]' 2>&1 | $(PIP_QUIET)
 	touch $@
 
+# + the page template that lets `dvc plots show` draw without internet (pipeline/plots.py)
 install: $(VENV)/.installed
+	@$(PY) -m pipeline.plots >/dev/null
 
 # The report's browser test drives Debian's Chromium; as root (CI, fresh machines) install it.
 system-deps:
@@ -51,9 +53,16 @@ bench: install
 serve: install
 	$(PY) -m pipeline serve
 
-# The MLflow UI over the local store: runs, and the registry's psta-<dataset> models
+# The MLflow UI over the local store: runs, and the registry's models. One worker and no GenAI
+# job runner (8 more processes): four workers take 30 s to answer on two cores, and one person
+# browsing needs one.
+UI_PORT ?= 5000
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+# The Prefect UI over the flow-run history `make run` keeps in .prefect/ (the links it printed)
+prefect-ui: install
+	$(PY) -m pipeline prefect-ui
 
 # Experiments side by side (after `dvc exp run -S train.epochs=30` and the like): the params that
 # differ between them, then rank-1 and mAP of each protocol

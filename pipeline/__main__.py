@@ -2,7 +2,8 @@
 
 `repro` runs them all (dvc repro), `retrain` runs one retrain (repro + dvc push), `serve`
 serves the scheduled deployment retrain/scheduled (pipeline/retrain.py), `splits-summary`
-averages the DVC experiments of a 10-split dataset (pipeline/splits.py).
+averages the DVC experiments of a 10-split dataset (pipeline/splits.py), `prefect-ui` serves
+the Prefect UI over the flow-run history that `repro` keeps in .prefect/.
 
 Bad input of any kind (params, dataset, cache, weights, report inputs: a psta.errors.UserError)
 is one line on stderr and exit code 2. params.yaml and what its stages need from the machine
@@ -23,18 +24,25 @@ STAGES = ("ingest", "index", "cache", "train", "evaluate", "report")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument(
-        "stage", choices=(*STAGES, "repro", "retrain", "serve", "splits-summary"),
+        "stage", choices=(*STAGES, "repro", "retrain", "serve", "splits-summary", "prefect-ui"),
         help="a dvc.yaml stage; repro for all; retrain for one retrain (repro + dvc push); "
              "serve to serve the scheduled retrain deployment; splits-summary for the mean and std "
-             "over the data.split experiments",
+             "over the data.split experiments; prefect-ui for the flow-run history",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=4200, help="prefect-ui: the port (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.stage != "repro":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
                        ("MLFLOW_ENABLE_TELEMETRY", "false")):
         os.environ.setdefault(key, value)
+
+    if args.stage == "prefect-ui":  # reads no params: it only shows what earlier runs kept
+        from pipeline.repro import PREFECT_HOME
+        from pipeline.servers import serve_prefect_ui
+
+        return serve_prefect_ui(PREFECT_HOME.resolve(), args.port)
 
     from pipeline.locks import Busy
     from psta.errors import UserError

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,11 +155,28 @@ class TrackingParams(Section):
     experiment: str = Field("psta", min_length=1)
 
 
+# a git branch or remote name: the safe subset of what `git check-ref-format` accepts
+GIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+
+
 class RetrainParams(Section):
     """The scheduled retraining deployment (`python -m pipeline serve`, pipeline/retrain.py)."""
 
     cron: str = "0 3 * * 0"  # when the deployment runs (UTC): Sundays 03:00
     push: bool = True  # `dvc push` the new outputs to the default DVC remote afterwards
+    branch: str = "retrain"  # git branch that records each retrain's dvc.lock and metrics ("": none)
+    git_remote: str = "origin"  # the branch is pushed there when that remote exists (and push is on)
+
+    @field_validator("branch", "git_remote")
+    @classmethod
+    def _git_name(cls, name: str, info) -> str:
+        if name == "" and info.field_name == "branch":
+            return name
+        if not GIT_NAME.fullmatch(name) or ".." in name or name.endswith((".lock", ".")):
+            none = ', or "" for none' if info.field_name == "branch" else ""
+            raise ValueError(f"a git {info.field_name.replace('git_', '')} name (letters, digits, '.', '_', '-', "
+                             f"'/' between parts, e.g. 'retrain'){none}")
+        return name
 
     @field_validator("cron")
     @classmethod

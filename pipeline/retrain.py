@@ -2,9 +2,12 @@
 
 One retrain = `python -m pipeline repro` (`dvc repro` inside one MLflow parent run: only the
 stages whose params, code or data changed rerun, the evaluate stage registers the new model),
-then `dvc push` of every output to the default DVC remote (params.yaml `retrain.push`). The
-outcome is the flow's return value, a Prefect markdown artifact `retrain-outcome`, log lines,
-and tags `retrain_outcome` / `retrain_pushed` / `prefect_flow_run_id` on the MLflow parent run.
+then `dvc push` of every output to the default DVC remote (params.yaml `retrain.push`), then a
+commit of the new dvc.lock and metrics on the git branch `retrain.branch`, pushed to
+`retrain.git_remote` (pipeline/gitrecord.py): without it the pushed outputs would be
+unreachable from any other clone. The outcome is the flow's return value, a Prefect markdown
+artifact `retrain-outcome`, log lines, and tags `retrain_outcome` / `retrain_pushed` /
+`retrain_git_commit` / `prefect_flow_run_id` on the MLflow parent run.
 
 At most one retrain runs at a time in a project: each run holds an exclusive, non-blocking
 `flock` on `.dvc/tmp/retrain.lock` (git-ignored by DVC's own .gitignore) for its whole life, so
@@ -90,6 +93,22 @@ def reproduce(params_path: str) -> dict[str, Any]:
     }
 
 
+@stage_task(name="git-record")
+def record_in_git(branch: str, remote: str, push_branch: bool) -> dict[str, Any]:
+    """Commit dvc.lock + metrics on ``branch`` (pipeline.gitrecord); an error is returned, not raised."""
+    from pipeline.gitrecord import GitRecordError, record
+
+    logger = get_run_logger()
+    try:
+        result = record(branch, remote, push_branch)
+    except GitRecordError as err:
+        logger.error("recording the retrain in git failed: %s", err)
+        return {"commit": None, "git_pushed": False, "error": str(err)}
+    logger.info("retrain recorded on git branch %s: %s%s", branch, result["commit"],
+                f", pushed to {remote}" if result["git_pushed"] else f" ({result['note'] or 'not pushed'})")
+    return result
+
+
 @stage_task(name="dvc-push")
 def push() -> dict[str, Any]:
     """`dvc push` every output to the default remote (.dvc/config, or .dvc/config.local)."""
@@ -121,6 +140,8 @@ def record(outcome: dict[str, Any]) -> None:
             run_id = outcome["parent_run_id"]
             client.set_tag(run_id, "retrain_outcome", outcome["status"])
             client.set_tag(run_id, "retrain_pushed", str(outcome["pushed"]).lower())
+            if outcome.get("git_commit"):
+                client.set_tag(run_id, "retrain_git_commit", outcome["git_commit"])
             if outcome.get("flow_run_id"):
                 client.set_tag(run_id, "prefect_flow_run_id", outcome["flow_run_id"])
         except Exception as err:  # the outcome is already in Prefect; MLflow tags are a courtesy
@@ -147,12 +168,19 @@ def retrain(params_path: str = "params.yaml", push_outputs: bool | None = None) 
             result = push()
             pushed = result["exit_code"] == 0
             push_summary = result["summary"]
-        ok = repro["exit_code"] == 0 and pushed is not False
+        git: dict[str, Any] = {}
+        if repro["exit_code"] == 0 and pushed is not False and params.retrain.branch:
+            # the branch goes to the git remote only when the data it names is on the DVC remote
+            git = record_in_git(params.retrain.branch, params.retrain.git_remote, pushed is True)
+        ok = repro["exit_code"] == 0 and pushed is not False and "error" not in git
         outcome = {
             "status": "succeeded" if ok else "failed",
             "dvc_repro_exit_code": repro["exit_code"],
             "pushed": pushed,
             "push_summary": push_summary,
+            "git_commit": git.get("commit"),
+            "git_branch": params.retrain.branch if git.get("commit") else "",
+            "git_pushed": git.get("git_pushed", False),
             "parent_run_id": repro["parent_run_id"],
             "tracking_uri": repro["tracking_uri"],
             "flow_run_id": flow_run.get_id(),
@@ -161,7 +189,7 @@ def retrain(params_path: str = "params.yaml", push_outputs: bool | None = None) 
         }
         record(outcome)
     if not ok:
-        what = "dvc repro" if repro["exit_code"] != 0 else "dvc push"
+        what = "dvc repro" if repro["exit_code"] != 0 else "dvc push" if pushed is False else "git record"
         raise RetrainFailed(f"retrain failed in {what}: {outcome}")
     return outcome
 

@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import Iterator
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(preferred: int = 0) -> int:
+    """``preferred`` when it is free on 127.0.0.1 (0: any free port), else a free one."""
+    for port in dict.fromkeys((preferred, 0)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -63,24 +69,44 @@ def tool_path(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def prefect_command(home: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """`prefect server start` on 127.0.0.1:``port`` with its state (database, log) in ``home``.
+
+    The UI is told the served port: by default it calls the API on port 4200 and shows
+    "Can't connect to Server API" for a server on any other port.
+    """
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+    env.pop("PREFECT_API_URL", None)
+    return [tool_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env
+
+
 @contextlib.contextmanager
 def prefect_server(home: Path, port: int | None = None, timeout: float = 90.0) -> Iterator[str]:
-    """A `prefect server start` on 127.0.0.1 with its state in ``home``; yields the API URL."""
+    """A Prefect server (:func:`prefect_command`) in the background; yields the API URL."""
     port = port or free_port()
     home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
+    cmd, env = prefect_command(home, port)
     log = home / "server.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [tool_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/api/health", timeout, proc, log)
-        yield f"http://127.0.0.1:{port}/api"
+        api = f"http://127.0.0.1:{port}/api"
+        wait_http(f"{api}/health", timeout, proc, log)
+        yield api
     finally:
         stop_group(proc)
+
+
+def serve_prefect_ui(home: Path, port: int) -> int:
+    """The Prefect server and UI over the history in ``home``, in the foreground (Ctrl-C stops it)."""
+    home.mkdir(parents=True, exist_ok=True)
+    cmd, env = prefect_command(home, port)
+    print(f"Prefect UI over {home}: http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
 
 
 def spawn_mlflow_server(store: Path, port: int | None = None, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
@@ -94,8 +120,9 @@ def spawn_mlflow_server(store: Path, port: int | None = None, timeout: float = 9
         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
         "--artifacts-destination", str(store / "artifacts"), "--workers", "1",
     ]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # GenAI jobs: 8 processes we never use
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout, proc, log)
     except BaseException:

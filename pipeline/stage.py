@@ -5,13 +5,14 @@ import contextlib
 import functools
 import json
 import numbers
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from prefect import task
+from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from pipeline import paths, tracking
+from pipeline import flowrun, paths, tracking
 from pipeline.params import Params
 from psta.data.registry import DatasetSpec, get_dataset
 from psta.errors import DatasetError
@@ -19,6 +20,17 @@ from psta.errors import DatasetError
 # Stage tasks pass large in-memory tables between them; hashing those for Prefect's input cache
 # would cost more than the work, and DVC already decides what needs to rerun.
 stage_task = functools.partial(task, cache_policy=NONE)
+
+
+def bars() -> bool:
+    """Progress bars only on a terminal: written to a file or a CI log, each redraw of a bar would
+    pile up into one endless line (the per-epoch summary lines stay)."""
+    return sys.stderr.isatty()
+
+
+def stage_flow(name: str):
+    """The Prefect flow of a dvc.yaml stage; its runs are named after the stage, not at random."""
+    return flow(name=name, flow_run_name=name)
 
 
 def dataset_of(params: Params) -> DatasetSpec:
@@ -29,16 +41,19 @@ def dataset_of(params: Params) -> DatasetSpec:
 
 @contextlib.contextmanager
 def stage_run(name: str, params: Params, sections: tuple[str, ...]) -> Iterator[Any]:
-    """The stage's MLflow run, logging the params sections it reads; on a dataset with several
-    published splits (iLIDS-VID, PRID-2011) it is tagged ``data_split`` with the one used."""
+    """The stage's MLflow run, logging the params sections it reads, linked to the Prefect flow
+    run, which shows the library's log lines meanwhile; on a dataset with several published
+    splits (iLIDS-VID, PRID-2011) it is tagged ``data_split`` with the one used."""
     import mlflow
 
+    params_hash = params.digest(*sections)
     with tracking.stage_run(
         name,
         params.sections(*sections),
         experiment=params.tracking.experiment,
-        params_hash=params.digest(*sections),
-    ) as run:
+        params_hash=params_hash,
+    ) as run, flowrun.library_logs():
+        flowrun.link_mlflow_run(run, name, params_hash, tracking.run_url(run))
         if dataset_of(params).num_splits > 1:
             mlflow.set_tag("data_split", str(params.data.split))
         yield run

@@ -13,6 +13,11 @@ Credentials in the URI (``http://user:password@host``) never appear in a message
 artefact or MLflow's own "View run" line: they are moved into ``MLFLOW_TRACKING_USERNAME`` /
 ``MLFLOW_TRACKING_PASSWORD`` (which MLflow sends as HTTP basic auth) and the URI used is the
 one without them.
+
+Artifacts of the local store stay in the checkout that runs: ``mlruns/<experiment id>`` beside
+``mlflow.db``. MLflow stores that location as an absolute path, so a copied checkout would log
+into the original's ``mlruns/``; :func:`use_experiment` moves such an experiment's location back
+into the copy (earlier runs keep theirs) and says so.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import contextlib
 import logging
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import urllib.parse
@@ -32,12 +38,17 @@ import yaml
 from pipeline import servers
 
 LOCAL_TRACKING_URI = "sqlite:///mlflow.db"
+LOCAL_ARTIFACTS = Path("mlruns")
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the local store
 PARENT_RUN_ENV = "PSTA_PARENT_RUN_ID"
 # a server that stops answering costs seconds per call, not MLflow's default of minutes
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 _logger = None  # the running stage's pipeline.run_logger.BackgroundLogger
+# the MLflow UI opens an experiment of this kind in its model-training mode (runs, metrics, models)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +82,56 @@ def tracking_uri() -> str:
         )
         return LOCAL_TRACKING_URI
     return uri
+
+
+def use_experiment(name: str):
+    """Make ``name`` the active experiment (created if missing), tagged for the model-training UI;
+    in the checkout's own store its artifacts are kept in this checkout (:func:`keep_artifacts_here`)."""
+    import mlflow
+
+    experiment = mlflow.set_experiment(name)
+    if mlflow.get_tracking_uri() == LOCAL_TRACKING_URI:
+        keep_artifacts_here(experiment)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment
+
+
+def keep_artifacts_here(experiment) -> None:
+    """Point an experiment of ./mlflow.db that logs into another checkout's mlruns/ at ours.
+
+    Only MLflow's default layout (``<checkout>/mlruns/<id>``) is moved: it means mlflow.db was
+    copied from that checkout. A location chosen on purpose is left as it is.
+    """
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
+    location = experiment.artifact_location
+    if not is_local_uri(location):
+        return
+    current = Path(local_file_uri_to_path(location))
+    here = Path.cwd() / LOCAL_ARTIFACTS / experiment.experiment_id
+    if current == here or current.parent.name != LOCAL_ARTIFACTS.name or current.name != experiment.experiment_id:
+        return
+    # MLflow has no API to change an experiment's location; its SQLite schema has had this column
+    # since 1.0. Earlier runs keep their own artifact URIs.
+    with contextlib.closing(sqlite3.connect(LOCAL_TRACKING_URI.removeprefix("sqlite:///"))) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                   (str(here), int(experiment.experiment_id)))
+    warnings.warn(
+        f"mlflow.db was copied from another checkout: experiment {experiment.name!r} logged its "
+        f"artifacts to {current}; new runs now log to {here} (earlier runs keep theirs)",
+        RuntimeWarning, stacklevel=3,
+    )
+
+
+def run_url(run, uri: str | None = None) -> str:
+    """The MLflow UI page of ``run``: on the tracking server, or where `make ui` serves the local store."""
+    import mlflow
+
+    uri = uri or mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
 
 
 def git_commit() -> str:
@@ -125,7 +186,7 @@ def stage_run(
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     run_records.close_previous(stage, uri)
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment)
     parent = os.environ.get(PARENT_RUN_ENV) or None
     tags = {
         "stage": stage,

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow  # real servers and real pipeline executions
 
 VENV_BIN = Path(sys.executable).parent
 # the working tree's sources laid over the clone, so the tests exercise the current code
-SOURCES = ("pipeline", "psta", "dvc.yaml", "params.yaml", "Makefile", ".dvc/config", ".dvcignore")
+SOURCES = ("pipeline", "psta", "dvc.yaml", "params.yaml", "Makefile", ".dvc/config", ".dvc/plots", ".dvcignore")
 # one epoch of two steps: every stage runs for real, in seconds
 FAST = {
     "train": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 8, "num_workers": 0,
@@ -182,13 +182,17 @@ def test_tracking_server_holds_parent_and_stage_runs_and_the_registered_model(pr
     logged = {m["key"]: m["value"] for m in children["evaluate"]["data"]["metrics"]}
     assert logged["mars_official.mAP"] == pytest.approx(metrics["mars_official"]["mAP"])
 
-    model = get_json(f"{api}/registered-models/get?name=psta-mars")["registered_model"]
+    assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+    # the demo registers under a name that says its test data is synthetic
+    model = get_json(f"{api}/registered-models/get?name=psta-synthetic-mars")["registered_model"]
     aliases = {a["alias"]: a["version"] for a in model["aliases"]}
     assert aliases == {"candidate": "1", "champion": "1"}
-    version = get_json(f"{api}/model-versions/get?name=psta-mars&version=1")["model_version"]
+    version = get_json(f"{api}/model-versions/get?name=psta-synthetic-mars&version=1")["model_version"]
     version_tags = {t["key"]: t["value"] for t in version["tags"]}
     assert float(version_tags["mAP"]) == pytest.approx(metrics["mars_official"]["mAP"])
     assert version_tags["protocol"] == "mars_official"
+    assert (version_tags["source"], version_tags["dataset"]) == ("synthetic", "mars")
+    assert len(version_tags["test_data_digest"]) == 64
     assert version["run_id"] == children["evaluate"]["info"]["run_id"]
 
     # the champion loads from the registry alone and embeds like the checkpoint it came from
@@ -200,8 +204,8 @@ def test_tracking_server_holds_parent_and_stage_runs_and_the_registered_model(pr
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_server)
     try:
-        info = mlflow.models.get_model_info("models:/psta-mars@champion")
-        served = mlflow.pytorch.load_model("models:/psta-mars@champion").eval()
+        info = mlflow.models.get_model_info("models:/psta-synthetic-mars@champion")
+        served = mlflow.pytorch.load_model("models:/psta-synthetic-mars@champion").eval()
     finally:
         mlflow.set_tracking_uri(previous)
     reference, checkpoint = load_checkpoint(project.path / "data/models/model.pt")
@@ -270,41 +274,63 @@ def test_unreachable_tracking_server_warns_and_logs_locally(project, tmp_path):
     (evaluate,) = client.search_runs([experiment.experiment_id])
     assert evaluate.info.status == "FINISHED" and evaluate.data.tags["stage"] == "evaluate"
     # the registry lives in the fallback store too
-    assert client.get_model_version_by_alias("psta-mars", "champion").run_id == evaluate.info.run_id
-    assert client.get_model_version_by_alias("psta-mars", "candidate").run_id == evaluate.info.run_id
+    assert client.get_model_version_by_alias("psta-synthetic-mars", "champion").run_id == evaluate.info.run_id
+    assert client.get_model_version_by_alias("psta-synthetic-mars", "candidate").run_id == evaluate.info.run_id
 
 
-def test_champion_moves_only_to_a_model_at_least_as_good(project, tmp_path):
+def other_test_data(index: Path, dest: Path) -> Path:
+    """A copy of the index whose test split differs: one gallery tracklet relabelled."""
+    from psta.index import read_index, write_index
+
+    tracklet_index = read_index(index)
+    tracklets = tracklet_index.tracklets
+    row = tracklets.index[tracklets["split"] == "gallery"][0]
+    tracklets.loc[row, "pid"] = int(tracklets["pid"].max()) + 1
+    write_index(tracklet_index, dest)
+    return dest / "stats.json"
+
+
+def test_champion_moves_only_between_models_on_the_same_test_data(project, tmp_path):
     import mlflow
 
-    from pipeline.registry import register
+    from pipeline.registry import digest_of_test_split, register
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(store)
     experiment = client.create_experiment("registry", artifact_location=(tmp_path / "artifacts").as_uri())
     stats = project.path / "data/index/stats.json"
+    other = other_test_data(project.path / "data/index", tmp_path / "other-index")
+    assert digest_of_test_split(other.parent) != digest_of_test_split(stats.parent)
     metrics = json.loads((project.path / "reports/metrics.json").read_text())
 
-    def register_with(mAP: float):
+    def register_with(mAP: float, stats_path: Path = stats, source: str = "synthetic"):
         path = tmp_path / f"metrics-{mAP}.json"
         path.write_text(json.dumps({"mars_official": {**metrics["mars_official"], "mAP": mAP},
                                     "mars_torchreid": metrics["mars_torchreid"]}))
         with mlflow.start_run(experiment_id=experiment):
-            return register(project.path / "data/models/model.pt", stats, path)
+            return register(project.path / "data/models/model.pt", stats_path, path, source=source)
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(store)
     try:
         first = register_with(50.0)
         worse = register_with(40.0)
+        elsewhere = register_with(90.0, other)   # better, but on other test data: not compared
         tie = register_with(50.0)
+        real = register_with(10.0, source="mars")  # a real dataset's model: its own name
     finally:
         mlflow.set_tracking_uri(previous)
-    assert (first.champion, worse.champion, tie.champion) == (True, False, True)
+    assert {first.name, worse.name, elsewhere.name, tie.name} == {"psta-synthetic-mars"}
+    assert (first.champion, worse.champion, elsewhere.champion, tie.champion) == (True, False, False, True)
+    assert "evaluated on other test data" in elsewhere.decision
     assert worse.previous_champion == first.version and tie.previous_champion == first.version
-    assert str(client.get_model_version_by_alias("psta-mars", "candidate").version) == tie.version
-    assert str(client.get_model_version_by_alias("psta-mars", "champion").version) == tie.version
-    assert client.get_model_version("psta-mars", worse.version).tags["mAP"] == "40.0000"
+    name = "psta-synthetic-mars"
+    assert str(client.get_model_version_by_alias(name, "candidate").version) == tie.version
+    assert str(client.get_model_version_by_alias(name, "champion").version) == tie.version
+    assert client.get_model_version(name, worse.version).tags["mAP"] == "40.0000"
+    # the real dataset's registry starts its own champion, whatever the demo scored
+    assert (real.name, real.champion, real.previous_champion) == ("psta-mars", True, None)
+    assert client.get_model_version("psta-mars", real.version).tags["source"] == "mars"
 
 
 def test_scheduled_retrain_deployment_runs_and_refuses_a_second_one(project, prefect_api, tmp_path):

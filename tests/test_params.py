@@ -96,6 +96,9 @@ OUT_OF_RANGE = [
     ({"evaluate": {"seed": -2}}, "evaluate.seed: expected int >= 0, got int -2"),
     ({"retrain": {"cron": "every sunday"}}, "retrain.cron: expected a cron expression Prefect accepts"),
     ({"retrain": {"cron": "61 * * * *"}}, "retrain.cron: expected a cron expression Prefect accepts"),
+    ({"retrain": {"branch": "my branch"}}, "retrain.branch: expected a git branch name (letters, digits"),
+    ({"retrain": {"branch": "a..b"}}, "retrain.branch: expected a git branch name"),
+    ({"retrain": {"git_remote": ""}}, "retrain.git_remote: expected a git remote name"),
     ({"synthetic": {"cameras_per_id": [2, 7]}}, "synthetic.cameras_per_id: expected [lo, hi] with 2 <= lo <= hi "
                                                 "<= 6 (the layout's cameras), got list [2, 7]"),
     ({"synthetic": {"layout": "duke", "cameras_per_id": [2, 9]}}, "synthetic.cameras_per_id: expected [lo, hi] "

@@ -1,11 +1,9 @@
 """cache: the indexed frames -> a frame store at the model's input size, built for clip reads."""
 from __future__ import annotations
 
-from prefect import flow
-
 from pipeline import paths
 from pipeline.params import load_params
-from pipeline.stage import log_numbers, read_dataset_info, stage_run, stage_task
+from pipeline.stage import bars, log_numbers, read_dataset_info, stage_flow, stage_run, stage_task
 
 
 @stage_task(retries=1)
@@ -19,7 +17,7 @@ def build(params, root):
         index.frames, root, paths.CACHE,
         height=params.model.height, width=params.model.width, format=c.format,
         shard_bytes=c.shard_mb << 20, num_workers=c.num_workers, jpeg_quality=c.jpeg_quality,
-        interpolation=frame_interpolations(index, c.train_interpolation, c.test_interpolation),
+        interpolation=frame_interpolations(index, c.train_interpolation, c.test_interpolation), progress=bars(),
     )
 
 
@@ -32,7 +30,7 @@ def frame_interpolations(index, train: str, test: str):
     return np.where(is_train, train, test)
 
 
-@flow(name="cache")
+@stage_flow("cache")
 def cache(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     root = read_dataset_info()["root"]

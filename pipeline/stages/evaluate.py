@@ -5,12 +5,11 @@ import datetime
 
 import numpy as np
 import torch
-from prefect import flow
 
 from pipeline import paths
 from pipeline.params import Params, load_params
 from pipeline.registry import register_model
-from pipeline.stage import log_files, log_numbers, stage_run, stage_task
+from pipeline.stage import bars, log_files, log_numbers, read_dataset_info, stage_flow, stage_run, stage_task
 from psta.data.registry import get_dataset
 
 METRICS_JSON = paths.REPORTS / "metrics.json"
@@ -31,7 +30,7 @@ def embed(params: Params, model, tracklets, cache, sampling: str):
     e = params.evaluate
     return extract_features(model, tracklets, cache, seq_len=params.model.seq_len, sampling=sampling,
                             batch_size=e.batch_size, precision=e.precision, num_workers=e.num_workers,
-                            max_clips=e.max_clips, seed=e.seed)
+                            max_clips=e.max_clips, seed=e.seed, progress=bars())
 
 
 @stage_task
@@ -79,7 +78,7 @@ def provenance(run) -> dict:
             "mlflow_run_id": run.info.run_id}
 
 
-@flow(name="evaluate")
+@stage_flow("evaluate")
 def evaluate(params_path: str = "params.yaml") -> dict:
     from psta.data.cache import FrameCache
     from psta.evaluation.outputs import write_eval_outputs, write_metrics
@@ -111,7 +110,8 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         metrics = write_metrics(summary, METRICS_JSON, CMC_CSV)
         log_numbers(metrics)
         log_files(METRICS_JSON, CMC_CSV, paths.EVAL / "results.json")
-        register_model(paths.MODELS / "model.pt", paths.INDEX / "stats.json", METRICS_JSON)
+        source = read_dataset_info()["source"]  # what the index was built from
+        register_model(paths.MODELS / "model.pt", paths.INDEX / "stats.json", METRICS_JSON, source=source)
         return metrics
 
 

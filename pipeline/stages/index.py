@@ -1,12 +1,10 @@
 """index: the frame manifest -> the Parquet tracklet index (tracklets, frames, stats)."""
 from __future__ import annotations
 
-from prefect import flow
-
 from pipeline import paths
 from pipeline.lineage import log_dataset_input
 from pipeline.params import load_params
-from pipeline.stage import log_files, log_numbers, stage_run, stage_task
+from pipeline.stage import log_files, log_numbers, stage_flow, stage_run, stage_task
 
 
 @stage_task
@@ -16,7 +14,7 @@ def build(manifest_path):
     return build_index(read_manifest(manifest_path))
 
 
-@flow(name="index")
+@stage_flow("index")
 def index(params_path: str = "params.yaml") -> dict:
     from psta.index import write_index
 

@@ -15,11 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from prefect import flow
-
 from pipeline import paths
 from pipeline.params import Params, load_params
-from pipeline.stage import dataset_of, log_files, log_numbers, stage_run, stage_task
+from pipeline.stage import dataset_of, log_files, log_numbers, stage_flow, stage_run, stage_task
 from psta.atomic import atomic_dir, atomic_path
 from psta.data.registry import DatasetSpec, dataset_names
 
@@ -91,7 +89,7 @@ def check_frames(root: Path, raw, params: Params, size: tuple[int, int] | None):
     return result
 
 
-@flow(name="ingest")
+@stage_flow("ingest")
 def ingest(params_path: str = "params.yaml") -> dict:
     from psta.index import write_manifest
 

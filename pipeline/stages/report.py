@@ -8,11 +8,9 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from prefect import flow
-
 from pipeline import paths
 from pipeline.params import load_params
-from pipeline.stage import log_files, read_dataset_info, stage_run, stage_task
+from pipeline.stage import log_files, read_dataset_info, stage_flow, stage_run, stage_task
 from pipeline.stages.evaluate import METRICS_JSON
 from pipeline.stages.train import HISTORY_CSV
 
@@ -66,7 +64,7 @@ def log_figures(names: list[str]) -> None:
             mlflow.log_image(image.convert("RGB"), key=Path(name).stem, step=0, synchronous=True)
 
 
-@flow(name="report")
+@stage_flow("report")
 def report(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     with stage_run("report", params, ("report",)):

@@ -15,22 +15,27 @@ import csv
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from prefect import flow
 
 from pipeline import paths
 from pipeline.dvcfile import deps_digest
 from pipeline.lineage import log_dataset_input
 from pipeline.params import Params, ParamsError, load_params
-from pipeline.stage import log_files, log_numbers, stage_run
+from pipeline.stage import bars, log_files, log_numbers, stage_flow, stage_run, stage_task
 from psta.atomic import atomic_dir, atomic_path
 
 TRAIN_STATE = paths.TRAIN_STATE
 HISTORY_CSV = paths.REPORTS / "train_history.csv"
 SECTIONS = ("model", "augment", "train")
 MODEL_FILE = "model.pt"
+VAL_PREFIX = "val_"
+PERCENT = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+# columns of reports/train_history.csv that dvc.yaml plots
+PLOTTED = ("epoch", "lr", "loss_total", "loss_ce", "loss_triplet", "val_rank1", "val_mAP")
 
 
 def run_key(params: Params) -> str:
@@ -51,11 +56,20 @@ def never_resume_finished(config, out_dir: Path, rank: int):
     return config.model_copy(update={"resume": "never"})
 
 
-def run_training(params: Params, on_epoch_end=None):
+@dataclass
+class TrainingInputs:
+    model: Any
+    train_set: Any
+    evaluate: Any  # held-out validation, or None
+    out_dir: Path
+
+
+def prepare(params: Params) -> TrainingInputs:
+    """Read the index and the frame cache, build the model, the clip datasets and the validation."""
     from psta.data.cache import FrameCache
     from psta.data.datasets import TestClips, TrainClips
     from psta.data.transforms import build_test_transform, build_train_transform
-    from psta.engine import HeldoutEvaluator, env_dist_info, train
+    from psta.engine import HeldoutEvaluator
     from psta.index import read_index
     from psta.model import build_model
 
@@ -81,9 +95,26 @@ def run_training(params: Params, on_epoch_end=None):
     elif params.train.val_fraction > 0 or params.train.val_ids:
         heldout = TestClips(rows, cache, seq_len=m.seq_len, transform=build_test_transform(m.height, m.width))
         evaluate = HeldoutEvaluator(heldout, batch_size=params.train.batch_size, precision=params.train.precision)
-    out_dir = TRAIN_STATE / run_key(params)
-    config = never_resume_finished(params.train, out_dir, env_dist_info().rank)
-    return train(config, model, train_set, out_dir, evaluate=evaluate, on_epoch_end=on_epoch_end)
+    return TrainingInputs(model, train_set, evaluate, TRAIN_STATE / run_key(params))
+
+
+def fit(params: Params, inputs: TrainingInputs, on_epoch_end=None):
+    from psta.engine import env_dist_info, train
+
+    config = never_resume_finished(params.train, inputs.out_dir, env_dist_info().rank)
+    config = config.model_copy(update={"progress": config.progress and bars()})
+    return train(config, inputs.model, inputs.train_set, inputs.out_dir, evaluate=inputs.evaluate,
+                 on_epoch_end=on_epoch_end)
+
+
+def run_training(params: Params, on_epoch_end=None):
+    return fit(params, prepare(params), on_epoch_end)
+
+
+def in_percent(metrics: dict) -> dict:
+    """Validation rank-k / mAP in percent, the unit of the test metrics (reports/metrics.json)."""
+    return {k: 100.0 * v if k.startswith(VAL_PREFIX) and k.removeprefix(VAL_PREFIX) in PERCENT else v
+            for k, v in metrics.items()}
 
 
 def check_validation(params: Params) -> None:
@@ -100,11 +131,13 @@ def check_validation(params: Params) -> None:
 
 
 def write_history_csv(history: list[dict]) -> None:
-    columns = sorted({key for row in history for key in row}, key=lambda k: (k != "epoch", k))
+    """One row per epoch, validation in percent; the plotted columns exist even when empty."""
+    rows = [in_percent(row) for row in history]
+    columns = sorted({key for row in rows for key in row} | set(PLOTTED), key=lambda k: (k != "epoch", k))
     with atomic_path(HISTORY_CSV) as tmp, open(tmp, "w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows(rows)
 
 
 def publish_model(result) -> Path:
@@ -121,16 +154,18 @@ def publish_model(result) -> Path:
     return paths.MODELS / MODEL_FILE
 
 
-@flow(name="train")
+@stage_flow("train")
 def train_flow(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     with stage_run("train", params, SECTIONS):
         log_dataset_input(context="training")
-        result = run_training(params, on_epoch_end=lambda epoch, metrics: log_numbers(metrics, step=epoch))
-        write_history_csv(result.history)
-        model_path = publish_model(result)
-        log_files(HISTORY_CSV, model_path.with_name("model.pt"))
-        final = dict(result.history[-1]) if result.history else {}
+        inputs = stage_task(name="prepare-data-and-model")(prepare)(params)
+        result = stage_task(name="fit")(fit)(
+            params, inputs, on_epoch_end=lambda epoch, metrics: log_numbers(in_percent(metrics), step=epoch))
+        stage_task(name="write-history")(write_history_csv)(result.history)
+        model_path = stage_task(name="publish-model")(publish_model)(result)
+        stage_task(name="log-artifacts")(log_files)(HISTORY_CSV, model_path)
+        final = in_percent(result.history[-1]) if result.history else {}
         return {"epochs": result.epochs_completed, "resumed_from": str(result.resumed_from or ""), **final}
 
 

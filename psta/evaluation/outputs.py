@@ -175,11 +175,15 @@ def write_metrics(summary: dict, metrics_json: str | Path, cmc_csv: str | Path) 
         }
     with atomic_path(metrics_json) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    # a gallery smaller than max_rank shortens its curve; beyond the gallery the CMC stays flat
+    # a gallery smaller than max_rank shortens its curve; beyond the gallery the CMC stays flat.
+    # Long format (rank, protocol, cmc): one dvc.yaml plot draws every protocol's curve.
     curves = {name: 100 * np.asarray(rec["cmc"]) for name, rec in summary["protocols"].items()}
     length = max(len(c) for c in curves.values())
-    cmc = pd.DataFrame({name: np.round(np.pad(c, (0, length - len(c)), mode="edge"), 3) for name, c in curves.items()})
-    cmc.insert(0, "rank", np.arange(1, len(cmc) + 1))
+    cmc = pd.concat([
+        pd.DataFrame({"rank": np.arange(1, length + 1), "protocol": name,
+                      "cmc": np.round(np.pad(c, (0, length - len(c)), mode="edge"), 3)})
+        for name, c in curves.items()
+    ], ignore_index=True)
     with atomic_path(cmc_csv) as tmp:
         cmc.to_csv(tmp, index=False)
     return metrics
