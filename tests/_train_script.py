@@ -123,7 +123,7 @@ def main(argv=None) -> int:
 
         logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     from psta.engine import TrainConfig, train
-    from psta.engine.checkpoint import model_state_dict
+    from psta.model.state_dict import model_state_dict
 
     out = Path(args.out)
     torch.manual_seed(args.seed)
