@@ -7,7 +7,7 @@ Training step = forward + backward (sum of cross-entropy over the pyramid levels
 term) on ``clips`` x 8 frames x 256 x 128 with resnet50, 625 classes. Configurations:
 
   (a) loop     fp32, contiguous (NCHW), STAM frame pairs processed one by one in Python
-               (the reference implementation's structure: ``tests.psta_oracle.OraclePSTA``, the
+               (the reference implementation's structure: ``tests.helpers.psta_oracle.OraclePSTA``, the
                oracle the model tests compare against)
   (b) batched  fp32, channels_last, all pairs of a level in one batched pass (psta.model)
   (c) batched  bf16 autocast, channels_last
@@ -40,7 +40,7 @@ from psta.model import (
     prepare_for_inference,
     to_channels_last,
 )
-from tests.psta_oracle import OraclePSTA
+from tests.helpers.psta_oracle import OraclePSTA
 
 RESULTS = Path(__file__).resolve().parent / "results" / "model.json"
 

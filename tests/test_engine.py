@@ -24,12 +24,10 @@ from psta.engine import (
     split_validation,
     train,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _train_script import SyntheticClips, TinyReID  # noqa: E402
+from tests.helpers.train_script import SyntheticClips, TinyReID
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = Path(__file__).resolve().parent / "_train_script.py"
+SCRIPT = Path(__file__).resolve().parent / "helpers" / "train_script.py"
 PY = sys.executable
 # the training script imports this checkout's psta (not whichever one is installed)
 SCRIPT_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

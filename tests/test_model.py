@@ -26,7 +26,7 @@ from psta.model import (
     save_checkpoint,
     to_channels_last,
 )
-from tests.psta_oracle import OraclePSTA
+from tests.helpers.psta_oracle import OraclePSTA
 
 # the state-dict keys and shapes of the authors' released MARS checkpoint (a list of facts)
 TSV = Path(__file__).resolve().parent / "data" / "psta_reference_keys.tsv"

@@ -1,7 +1,7 @@
 """Helpers of tests/test_engine.py: a tiny re-id model, an in-memory clip dataset, and a training
 entry point run as a subprocess (plain ``python`` or ``torchrun``) by the DDP and kill/resume tests.
 
-    python tests/_train_script.py --out DIR [--model tiny|psta|tap] [--epochs 2] [--steps 4] ...
+    python tests/helpers/train_script.py --out DIR [--model tiny|psta|tap] [--epochs 2] [--steps 4] ...
 """
 from __future__ import annotations
 
