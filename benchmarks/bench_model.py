@@ -47,7 +47,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "model.json"
 
 # --- measurement ---------------------------------------------------------------------------------
 def _loss(logits, feats, labels):
-    ce = sum(F.cross_entropy(l.float(), labels, label_smoothing=0.1) for l in logits)
+    ce = sum(F.cross_entropy(lg.float(), labels, label_smoothing=0.1) for lg in logits)
     return ce + sum(f.float().square().mean() for f in feats)
 
 
@@ -72,7 +72,7 @@ def make_train_step(forward, model, x, labels, dtype, pre_bn: list):
             logits, feats = forward(x)
             loss = _loss(logits, feats, labels)
         loss.backward()
-        return [l.detach().float() for l in logits], list(pre_bn), [f.detach().float() for f in feats]
+        return [lg.detach().float() for lg in logits], list(pre_bn), [f.detach().float() for f in feats]
     return step
 
 

@@ -31,7 +31,7 @@ def test_atomic_dir_swaps_whole_tree(tmp_path):
 
 def test_failed_first_write_leaves_nothing(tmp_path):
     with pytest.raises(OSError):
-        with atomic_dir(tmp_path / "new") as tmp:
+        with atomic_dir(tmp_path / "new"):
             raise OSError("disk full")
     assert not (tmp_path / "new").exists()
     assert list(tmp_path.iterdir()) == []

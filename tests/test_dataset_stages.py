@@ -56,7 +56,8 @@ def test_ingest_and_index_on_each_layout(workspace, layout):
         assert index.stats["split"]["source"] == "drawn from data.split_seed=3"
         splits = json.loads(drawn.read_text())
         assert len(splits) == 10 and all(len(s["test"]) == 8 and len(s["train"]) == 8 for s in splits)
-        assert sorted(f"person_{p:04d}" for p in set(index.tracklets.query("split == 'query'").pid)) == splits[2]["test"]
+        query_pids = set(index.tracklets.query("split == 'query'").pid)
+        assert sorted(f"person_{p:04d}" for p in query_pids) == splits[2]["test"]
         assert not list((workspace.path / GENERATED / layout).rglob("*.json"))
     else:
         assert not drawn.exists()
@@ -107,7 +108,8 @@ def test_ten_split_protocol_as_dvc_experiments_and_the_summary(tmp_path, prefect
         values = [m[metric] for m in per_split if math.isfinite(m[metric])]   # NaN: gallery shorter than the rank
         got = result["summary"]["ilidsvid"][metric]
         if values:
-            assert got == {"mean": round(statistics.fmean(values), 2), "std": round(statistics.stdev(values), 2), "n": 2}
+            assert got == {"mean": round(statistics.fmean(values), 2), "std": round(statistics.stdev(values), 2),
+                           "n": 2}
         else:
             assert got == {"mean": None, "std": None, "n": 0}
     assert result["summary"]["ilidsvid"]["rank1"]["n"] == 2

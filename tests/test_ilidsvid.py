@@ -153,7 +153,8 @@ def test_person_seen_by_one_camera_only(copy, tmp_path):
 def test_empty_camera_folder(copy, tmp_path):
     for person in (copy / SEQUENCES / "cam1").iterdir():
         shutil.rmtree(person)
-    assert_fails_cleanly("ilidsvid", copy, tmp_path / "out", rf"camera folder {SEQUENCES}/cam1/ holds no person folders")
+    assert_fails_cleanly("ilidsvid", copy, tmp_path / "out",
+                         rf"camera folder {SEQUENCES}/cam1/ holds no person folders")
 
 
 def test_bad_png_frame_names_the_file(copy, tmp_path):

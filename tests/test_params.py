@@ -33,7 +33,8 @@ def test_repository_params_are_valid_and_complete():
                                       "split_file, split_seed, strict_frame_size"),
         ({"synthetic": {"cameras_per_id": [2, "x"]}}, "synthetic.cameras_per_id[1]: expected int, got str 'x'"),
         ({"data": {"source": "market"}},
-         "data.source: expected 'synthetic' | 'mars' | 'duke' | 'ilidsvid' | 'prid' | 'lsvid' | 'videos', got str 'market'"),
+         "data.source: expected 'synthetic' | 'mars' | 'duke' | 'ilidsvid' | 'prid' | 'lsvid' | 'videos', "
+         "got str 'market'"),
         ({"synthetic": {"seed": "zero"}}, "synthetic.seed: expected int >= 0, got str 'zero'"),
         ({"synthetic": {"num_cameras": True}}, "synthetic.num_cameras: expected int or null in [2, 9], got bool True"),
         ({"train": {"epochs": "3"}}, "train.epochs: expected int >= 1, got str '3'"),

@@ -288,7 +288,8 @@ def test_bad_frames_skip_mode_drops_and_counts(mars_copy, tmp_path):
     raw = read_mars(mars_copy)
     t = raw.tracklets
     train = t.index[t.split == "train"]
-    truncated, empty, missing = raw.frame_paths(train[0])[0], raw.frame_paths(train[1])[-1], raw.frame_paths(train[2])[1]
+    truncated, empty = raw.frame_paths(train[0])[0], raw.frame_paths(train[1])[-1]
+    missing = raw.frame_paths(train[2])[1]
     whole = raw.frame_paths(train[3])                                   # every frame bad -> tracklet dropped
     (mars_copy / truncated).write_bytes((mars_copy / truncated).read_bytes()[:100])
     (mars_copy / empty).write_bytes(b"")
