@@ -375,7 +375,8 @@ def run(args, work: Path) -> dict:
                str(work / cdir), str(tpath), reader, str(args.epochs)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True,
                              cwd=Path(__file__).resolve().parent.parent)
-        memory[f"{cdir.split('_')[1]}_{reader}" if reader != "jpeg" else "jpeg"] = json.loads(res.stdout.strip().splitlines()[-1])
+        key = f"{cdir.split('_')[1]}_{reader}" if reader != "jpeg" else "jpeg"
+        memory[key] = json.loads(res.stdout.strip().splitlines()[-1])
 
     result = {
         "benchmark": "loading",
@@ -384,7 +385,8 @@ def run(args, work: Path) -> dict:
                     "torch": torch.__version__, "note": "shared 2-core machine; medians of interleaved rounds"},
         "data": {"generator": "psta.data.synthetic.generate_mars", "train_tracklets": len(tracklets),
                  "frames": n, "height": H, "width": W, "source_jpeg_bytes": src_bytes,
-                 "mean_frames_per_tracklet": round(n / len(tracklets), 1), **({"generate_seconds": data["generate_seconds"]} if data else {})},
+                 "mean_frames_per_tracklet": round(n / len(tracklets), 1),
+                 **({"generate_seconds": data["generate_seconds"]} if data else {})},
         "setup": {"seq_len": T, "clips_per_round": args.clips, "rounds": args.rounds,
                   "block": args.block, "timing": "median over interleaved blocks; ratios: median "
                   "(and IQR) of per-block ratios against plain_pil in the same block",

@@ -7,7 +7,7 @@ Training step = forward + backward (sum of cross-entropy over the pyramid levels
 term) on ``clips`` x 8 frames x 256 x 128 with resnet50, 625 classes. Configurations:
 
   (a) loop     fp32, contiguous (NCHW), STAM frame pairs processed one by one in Python
-               (the reference implementation's structure: ``tests.psta_oracle.OraclePSTA``, the
+               (the reference implementation's structure: ``tests.helpers.psta_oracle.OraclePSTA``, the
                oracle the model tests compare against)
   (b) batched  fp32, channels_last, all pairs of a level in one batched pass (psta.model)
   (c) batched  bf16 autocast, channels_last
@@ -40,14 +40,14 @@ from psta.model import (
     prepare_for_inference,
     to_channels_last,
 )
-from tests.psta_oracle import OraclePSTA
+from tests.helpers.psta_oracle import OraclePSTA
 
 RESULTS = Path(__file__).resolve().parent / "results" / "model.json"
 
 
 # --- measurement ---------------------------------------------------------------------------------
 def _loss(logits, feats, labels):
-    ce = sum(F.cross_entropy(l.float(), labels, label_smoothing=0.1) for l in logits)
+    ce = sum(F.cross_entropy(lg.float(), labels, label_smoothing=0.1) for lg in logits)
     return ce + sum(f.float().square().mean() for f in feats)
 
 
@@ -72,7 +72,7 @@ def make_train_step(forward, model, x, labels, dtype, pre_bn: list):
             logits, feats = forward(x)
             loss = _loss(logits, feats, labels)
         loss.backward()
-        return [l.detach().float() for l in logits], list(pre_bn), [f.detach().float() for f in feats]
+        return [lg.detach().float() for lg in logits], list(pre_bn), [f.detach().float() for f in feats]
     return step
 
 

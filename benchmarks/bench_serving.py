@@ -76,9 +76,9 @@ def measure(name: str, spec: dict, batches: list[int], rounds: int, http: bool, 
 
     from pipeline.servers import model_server
     from pipeline.serving import pixel_model
-    from psta.engine.runtime import resolve_autocast_dtype
     from psta.export import export_onnx, onnx_session
     from psta.model import autocast_context, build_model, save_checkpoint
+    from psta.model.precision import resolve_precision
 
     torch.manual_seed(0)
     model = build_model("psta", num_classes=100, seq_len=spec["seq_len"], height=spec["height"],
@@ -93,7 +93,7 @@ def measure(name: str, spec: dict, batches: list[int], rounds: int, http: bool, 
     export_onnx(model, onnx_path, seq_len=spec["seq_len"], height=spec["height"], width=spec["width"])
     session = onnx_session(onnx_path)
     device = torch.device("cpu")
-    dtype = resolve_autocast_dtype("auto", device)
+    dtype = resolve_precision("auto", device)
     out = {"config": {k: v for k, v in spec.items() if k != "frame"}, "frame": list(spec["frame"]),
            "evaluation_precision": str(dtype).replace("torch.", "") if dtype is not None else "float32",
            "batches": {}}

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,9 +29,7 @@ from psta.atomic import write_text_atomic
 from psta.engine import TrainConfig, train
 from psta.losses import PSTALoss, triplet_batch_hard
 from psta.solver import build_optimizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _train_script import SyntheticClips  # noqa: E402  (in-memory clips, the tests' dataset)
+from tests.helpers.train_script import SyntheticClips  # in-memory clips, the tests' dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 ARCH = dict(arch="tap", seq_len=4, height=64, width=32, backbone="resnet18")

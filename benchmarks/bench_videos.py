@@ -80,7 +80,7 @@ def make_video(path: Path, n: int, people: int = PEOPLE, seed: int = 0, gop: int
     bg = np.stack([60 + 80 * xx / W, 90 + 60 * yy / H, 120 + 40 * np.sin(xx / 23.0) * np.cos(yy / 17.0)], -1)
     bg = np.clip(bg + rng.normal(0, 6, (H, W, 1)), 0, 255).astype(np.uint8)
     figs = []
-    for p in range(people):
+    for _p in range(people):
         w, h = int(rng.integers(50, 80)), int(rng.integers(140, 220))
         figs.append(dict(w=w, h=h, y=int(rng.integers(0, H - h)), x0=float(rng.uniform(0, W - w)),
                          v=float(rng.uniform(1.0, 4.0)) * rng.choice([-1, 1]),

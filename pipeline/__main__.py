@@ -13,7 +13,9 @@ are checked before any Prefect server, MLflow run or DVC command starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
 import sys
 
@@ -46,12 +48,16 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_prefect_ui(PREFECT_HOME.resolve(), args.port)
 
+    from pipeline.locks import Busy
     from psta.errors import UserError
 
     try:
         return _run(args.stage, args.params, extra)
-    except UserError as err:
+    except Busy as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except UserError as err:
+        print(f"error: {_message(err)}", file=sys.stderr)
         return 2
 
 
@@ -104,8 +110,54 @@ def _run(stage: str, params_path: str, extra: list[str]) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         return 0
-    importlib.import_module(f"pipeline.stages.{stage}").flow_entry(params_path=params_path)
+    module = importlib.import_module(f"pipeline.stages.{stage}")
+    with _stage_guard(stage):
+        _user_errors_without_traceback()
+        module.flow_entry(params_path=params_path)
     return 0
+
+
+def _message(err: Exception) -> str:
+    """The error's own message, also when a DataLoader worker wrapped it with its traceback."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith(type(err).__module__) else last
+    return text
+
+
+class _DropUserErrorTraceback(logging.Filter):
+    """Prefect logs a failed flow or task run with its traceback; for bad input (a UserError)
+    the message is the whole story, so the record keeps the message and loses the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from psta.errors import UserError
+
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _user_errors_without_traceback() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropUserErrorTraceback) for f in logger.filters):
+            logger.addFilter(_DropUserErrorTraceback())
+
+
+@contextlib.contextmanager
+def _stage_guard(stage: str):
+    """One run of a stage at a time (torchrun's other ranks write nothing), after sweeping the
+    temporary files its killed predecessors left."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    from pipeline.locks import stage_lock
+    from pipeline.stage import sweep_stage_temps
+
+    with stage_lock(stage):
+        sweep_stage_temps(stage)
+        yield
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from pipeline import paths
+from pipeline.dvcfile import check_dataset_root
 from psta.config import FieldError, Section, Seq
 from psta.data.registry import dataset_names, get_dataset, synthetic_layouts
 from psta.data.synthetic import SyntheticConfig
@@ -47,23 +47,18 @@ class DataParams(Section):
     # synthetic | a registered dataset (psta.data.registry: mars, duke, ...) | videos
     source: Literal[("synthetic", *dataset_names(), "videos")] = "synthetic"
     # the dataset folder itself (holding bbox_train/ and info/ for MARS, train/ query/ gallery/
-    # for Duke, <camera>.mp4 + <camera>.txt for videos); for synthetic, where the generated
-    # tree goes (under data/raw/)
-    root: str = Field("data/raw/MARS", min_length=1)
+    # for Duke, <camera>.mp4 + <camera>.txt for videos), read in place; never inside an output
+    # of dvc.yaml (pipeline.dvcfile); unused by synthetic (generated into data/generated/)
+    root: str = Field("datasets/MARS", min_length=1)
     on_bad_frame: Literal["error", "skip"] = "error"
+    # a frame not at the dataset's size (MARS: 256 x 128) is an error; else counted and warned
+    strict_frame_size: bool = False
     # which of the 10 published train/test splits (iLIDS-VID, PRID-2011); 0 for the others
     split: int = Field(0, ge=0, le=9)
     # PRID-2011 without splits_prid2011.json in data.root: iLIDS-VID's train_test_splits_prid.mat
     split_file: str | None = Field(None, min_length=1)
     # PRID-2011 with neither: the seed of the 10 drawn splits (written to data/ingest/splits.json)
     split_seed: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _synthetic_under_raw(self) -> "DataParams":
-        if self.source == "synthetic" and not Path(self.root).resolve().is_relative_to(paths.RAW.resolve()):
-            raise FieldError("root", self.root, f"a folder under {paths.RAW}/ when data.source is "
-                             "synthetic (the generated tree is a DVC output there)")
-        return self
 
 
 class SyntheticParams(SyntheticConfig):
@@ -286,4 +281,6 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     except YAMLError as err:
         where = " ".join(str(err).split())
         raise ParamsError(f"{path}: not valid YAML: {where}") from None
-    return parse_params(raw, source=str(path))
+    params = parse_params(raw, source=str(path))
+    check_dataset_root(params.data.source, params.data.root, params_file=str(path))
+    return params

@@ -23,27 +23,25 @@ Trigger a run by hand with `prefect deployment run 'retrain/scheduled'`.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from prefect import flow, get_run_logger
 
-from pipeline import servers
+from pipeline import locks, servers
 from pipeline.params import load_params
 from pipeline.stage import stage_task
 
-LOCK_PATH = Path(".dvc/tmp/retrain.lock")
+LOCK_PATH = locks.LOCK_DIR / "retrain.lock"
 DEPLOYMENT = "scheduled"
 ARTIFACT_KEY = "retrain-outcome"
 
 
-class RetrainBusy(RuntimeError):
+class RetrainBusy(locks.Busy):
     """Another retrain holds the lock."""
 
 
@@ -51,32 +49,12 @@ class RetrainFailed(RuntimeError):
     """`dvc repro` or `dvc push` failed; the outcome was recorded before this was raised."""
 
 
-@contextlib.contextmanager
-def exclusive(path: str | Path = LOCK_PATH) -> Iterator[Path]:
+def exclusive(path: str | Path = LOCK_PATH) -> contextlib.AbstractContextManager[Path]:
     """Hold the retrain lock, or raise :class:`RetrainBusy` at once (never waits)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's pid stays
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise RetrainBusy(
-                f"another retrain is running (pid {holder}); this one is refused and changed "
-                f"nothing. Wait for it to finish: the lock {path} frees itself when that process ends."
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield path
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    return locks.exclusive(path, lambda holder: (
+        f"another retrain is running (pid {holder}); this one is refused and changed "
+        f"nothing. Wait for it to finish: the lock {path} frees itself when that process ends."),
+        RetrainBusy)
 
 
 def _use_this_environment() -> None:

@@ -109,9 +109,9 @@ def serve_prefect_ui(home: Path, port: int) -> int:
         return 0
 
 
-@contextlib.contextmanager
-def mlflow_server(store: Path, port: int | None = None, timeout: float = 90.0) -> Iterator[str]:
-    """A `mlflow server` on 127.0.0.1 backed by SQLite in ``store``; yields the tracking URI."""
+def spawn_mlflow_server(store: Path, port: int | None = None, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
+    """Start a `mlflow server` on 127.0.0.1 backed by SQLite in ``store``; returns it (its own
+    process group: stop it with :func:`stop_group`) and its tracking URI, once it answers."""
     port = port or free_port()
     store.mkdir(parents=True, exist_ok=True)
     log = store / "server.log"
@@ -125,7 +125,18 @@ def mlflow_server(store: Path, port: int | None = None, timeout: float = 90.0) -
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout, proc, log)
-        yield f"http://127.0.0.1:{port}"
+    except BaseException:
+        stop_group(proc)
+        raise
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def mlflow_server(store: Path, port: int | None = None, timeout: float = 90.0) -> Iterator[str]:
+    """A `mlflow server` on 127.0.0.1 backed by SQLite in ``store``; yields the tracking URI."""
+    proc, uri = spawn_mlflow_server(store, port, timeout)
+    try:
+        yield uri
     finally:
         stop_group(proc)
 

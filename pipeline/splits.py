@@ -120,7 +120,8 @@ def table(result: dict) -> str:
         cells = [protocol, str(values["rank1"]["n"])]
         for m in METRICS:
             v = values[m]
-            cells.append("–" if v["mean"] is None else f"{v['mean']:.1f}" + (f" ± {v['std']:.1f}" if v["std"] is not None else ""))
+            spread = f" ± {v['std']:.1f}" if v["std"] is not None else ""
+            cells.append("–" if v["mean"] is None else f"{v['mean']:.1f}{spread}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

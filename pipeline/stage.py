@@ -61,22 +61,31 @@ def stage_run(name: str, params: Params, sections: tuple[str, ...]) -> Iterator[
 
 def log_numbers(metrics: dict[str, Any], prefix: str = "", step: int | None = None) -> None:
     """Log every number of a (nested) dict as an MLflow metric."""
-    import mlflow
-
     flat = {
         k: float(v)
         for k, v in tracking.flatten(metrics, prefix).items()
         if isinstance(v, numbers.Number) and not isinstance(v, bool)
     }
     if flat:
-        mlflow.log_metrics(flat, step=step)
+        tracking.log_metrics(flat, step=step)
 
 
 def log_files(*paths: str | Path, artifact_path: str | None = None) -> None:
-    import mlflow
-
     for path in paths:
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        tracking.log_artifact(path, artifact_path=artifact_path)
+
+
+def sweep_stage_temps(stage: str) -> None:
+    """Remove what killed runs of this stage left half-written beside (or inside) its outputs."""
+    import sys
+
+    from pipeline.dvcfile import stage_outs
+    from psta.atomic import sweep_stale
+
+    for out in stage_outs(stage) or [p for p, s in paths.STAGE_OUTPUTS.items() if s == stage]:
+        for removed, size in sweep_stale(out):
+            print(f"note: removed {removed} ({size / 1e6:.1f} MB), left by a killed {stage} stage",
+                  file=sys.stderr)
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

@@ -4,7 +4,15 @@ Default store: ``sqlite:///mlflow.db`` in the working directory (MLflow 3 refuse
 ./mlruns folder); ``MLFLOW_TRACKING_URI`` overrides it. A pipeline execution exports the parent
 run id in ``PSTA_PARENT_RUN_ID`` (our own variable: ``MLFLOW_RUN_ID`` would make every stage
 *resume* the parent instead of nesting under it). An unreachable tracking server never loses
-work: the stage warns and logs to the local store instead.
+work: the stage warns and logs to the local store instead. A server that dies mid-stage never
+stops it either: metrics and artefacts go through a background sender
+(pipeline.run_logger), the stage ends saying what was not logged, and its next start closes
+the run it could not end (pipeline.run_records).
+
+Credentials in the URI (``http://user:password@host``) never appear in a message, a tag, an
+artefact or MLflow's own "View run" line: they are moved into ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` (which MLflow sends as HTTP basic auth) and the URI used is the
+one without them.
 
 Artifacts of the local store stay in the checkout that runs: ``mlruns/<experiment id>`` beside
 ``mlflow.db``. MLflow stores that location as an absolute path, so a copied checkout would log
@@ -16,8 +24,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import subprocess
+import sys
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +41,11 @@ LOCAL_TRACKING_URI = "sqlite:///mlflow.db"
 LOCAL_ARTIFACTS = Path("mlruns")
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the local store
 PARENT_RUN_ENV = "PSTA_PARENT_RUN_ID"
+# a server that stops answering costs seconds per call, not MLflow's default of minutes
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+_logger = None  # the running stage's pipeline.run_logger.BackgroundLogger
 # the MLflow UI opens an experiment of this kind in its model-training mode (runs, metrics, models)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
@@ -37,11 +53,27 @@ MODEL_TRAINING = "custom_model_development"
 log = logging.getLogger(__name__)
 
 
+def redact(text: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://***@host``, anywhere in ``text``."""
+    return _USERINFO.sub("***@", text)
+
+
+def without_credentials(uri: str) -> str:
+    """The URI minus its user:password, which go to MLflow's own credential variables."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    if parts.username:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", urllib.parse.unquote(parts.username))
+    if parts.password:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", urllib.parse.unquote(parts.password))
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def tracking_uri() -> str:
     """The configured tracking URI, or the local store when a remote server does not answer."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", LOCAL_TRACKING_URI)
-    remote = uri.startswith(("http://", "https://"))
-    if remote and not servers.http_ok(uri.rstrip("/") + "/health", timeout=3):
+    uri = without_credentials(os.environ.get("MLFLOW_TRACKING_URI", LOCAL_TRACKING_URI))
+    if uri.startswith(("http://", "https://")) and not servers.http_ok(uri.rstrip("/") + "/health", timeout=3):
         warnings.warn(
             f"MLflow tracking server {uri} is unreachable; logging to {LOCAL_TRACKING_URI} "
             "instead (start the server, or unset MLFLOW_TRACKING_URI)",
@@ -140,11 +172,20 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def stage_run(
     stage: str, params: dict[str, dict[str, Any]], experiment: str, params_hash: str
 ) -> Iterator[Any]:
-    """Start the MLflow run of one stage; it ends FINISHED, or FAILED when the body raises."""
+    """The MLflow run of one stage; it ends FINISHED, FAILED when the body raises, KILLED on
+    Ctrl-C. Logging inside it (log_metrics, log_artifact) never blocks or fails the stage."""
     import mlflow
 
+    from pipeline import run_records
+    from pipeline.run_logger import BackgroundLogger
+
+    global _logger
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tracking_uri())
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    run_records.close_previous(stage, uri)
     use_experiment(experiment)
     parent = os.environ.get(PARENT_RUN_ENV) or None
     tags = {
@@ -153,6 +194,62 @@ def stage_run(
         "params_hash": params_hash,
         "data_version": data_version(),
     }
-    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags) as run:
+    run = mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags)
+    run_records.remember(stage, run.info.run_id, uri)
+    status = "FAILED"
+    try:
         mlflow.log_params(flatten(params))
+        _logger = BackgroundLogger(uri, run.info.run_id)
         yield run
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        _end_stage_run(stage, run.info.run_id, status, uri)
+
+
+def _end_stage_run(stage: str, run_id: str, status: str, uri: str) -> None:
+    import mlflow
+
+    from pipeline import run_records
+
+    global _logger
+    unlogged = _logger.close() if _logger is not None else []
+    error = _logger.last_error if _logger is not None else None
+    _logger = None
+    try:
+        mlflow.end_run(status)
+        ended = True
+    except Exception as err:  # noqa: BLE001 - the server went away: the work is done regardless
+        ended, error = False, f"{type(err).__name__}"
+    if ended and not unlogged:
+        run_records.forget(stage)
+        return
+    run_records.settle(stage, status, unlogged)
+    lines = [f"warning: the MLflow server {uri} stopped answering ({error}); not logged to run {run_id}:"]
+    lines += [f"  - {line}" for line in unlogged]
+    if not ended:
+        lines.append(f"  - the run's end (status {status}): it shows RUNNING there until the next "
+                     f"`python -m pipeline {stage}` marks it {status}")
+    lines.append(f"  The {stage} stage itself completed ({status}); its output files hold every number.")
+    print(redact("\n".join(lines)), file=sys.stderr)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log metrics to the running stage's run without ever blocking it (else: the active run)."""
+    if _logger is not None:
+        _logger.log_metrics(metrics, step)
+    else:
+        import mlflow
+
+        mlflow.log_metrics(metrics, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    if _logger is not None:
+        _logger.log_artifact(str(path), artifact_path)
+    else:
+        import mlflow
+
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)

@@ -20,4 +20,12 @@ class ConfigError(UserError, ValueError):
     """A config section (a params.yaml section or a library config) has a bad key or value."""
 
 
-__all__ = ["UserError", "DatasetError", "ConfigError"]
+class IntegrityError(UserError, ValueError):
+    """A file the pipeline wrote is damaged: empty, truncated, or its bytes fail their checksum."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file a stage reads is not there (e.g. one an earlier stage writes, like model.pt)."""
+
+
+__all__ = ["UserError", "DatasetError", "ConfigError", "IntegrityError", "MissingFileError"]

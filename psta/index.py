@@ -440,7 +440,7 @@ def ingest(dataset: str, root: str | os.PathLike, manifest_path: str | os.PathLi
     from psta.data import check_frames, read_dataset
 
     raw = read_dataset(dataset, root, **options)
-    ok, bad = check_frames(root, raw.paths, on_bad_frame, decode=decode, workers=workers)
+    ok, bad, _ = check_frames(root, raw.paths, on_bad_frame, decode=decode, workers=workers)
     write_manifest(raw, ok, manifest_path)
     t = raw.tracklets
     return {"dataset": dataset, "tracklets": len(t), "frames": raw.num_frames,

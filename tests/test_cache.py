@@ -85,7 +85,7 @@ def test_raw_round_trip_is_bit_exact(data, raw_cache):
     assert stats["format"] == "raw" and stats["num_frames"] == len(frames) == sum(LENGTHS)
     assert stats["shards"] == int(np.ceil(len(frames) / 10))
     cache = FrameCache(out)
-    assert len(cache) == len(frames) and cache.header["format_version"] == 1
+    assert len(cache) == len(frames) and cache.header["format_version"] == 2
     assert (cache.height, cache.width) == (H, W)
     every = cache.read_rows(np.arange(len(frames)))
     assert torch.equal(every, _reference(root, frames, range(len(frames))))
@@ -184,6 +184,31 @@ def test_flipped_byte_is_found_by_verify(raw_cache, tmp_path):
         cache.verify()
     with pytest.raises(CacheError, match="shard-00002.bin"):
         FrameCache(out, verify=True)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "jpeg"])
+def test_flipped_bytes_in_a_shard_fail_the_read_that_meets_them(data, fmt, tmp_path):
+    root, frames, _ = data
+    out = tmp_path / fmt
+    build_frame_cache(frames, root, out, H, W, format=fmt, shard_bytes=64 << 10, progress=False)
+    cache = FrameCache(out)
+    header = cache.header
+    shard = header["shards"][1]
+    rows = np.arange(shard["first_frame"], shard["first_frame"] + shard["num_frames"])
+    clean = cache.read_rows(rows)
+    path = out / shard["file"]
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x10  # one bit, mid-frame: decodes fine, pixels change
+    path.write_bytes(bytes(damaged))
+    damaged_row = rf"{shard['file']} is damaged: frame row \d+ fails its CRC-32C check.*rebuild"
+    with pytest.raises(CacheError, match=damaged_row):
+        FrameCache(out).read_rows(rows)
+    # the per-frame check is what catches it: unchecked, the damage would be read silently
+    unchecked = FrameCache(out, check_reads=False).read_rows(rows)
+    assert unchecked.shape == clean.shape and not torch.equal(unchecked, clean)
+    # frames of the other shards still read
+    first = header["shards"][0]
+    FrameCache(out).read_rows(np.arange(first["num_frames"]))
 
 
 def test_truncated_or_missing_shard_is_caught_at_open(raw_cache, tmp_path):

@@ -72,7 +72,7 @@ def test_a_bad_report_input_is_one_error_line_not_a_traceback(tmp_path, prefect_
 
     info = tmp_path / "data" / "ingest" / "dataset.json"
     info.parent.mkdir(parents=True)
-    info.write_text(json.dumps({"source": "synthetic", "layout": "mars", "root": "data/raw/MARS"}))
+    info.write_text(json.dumps({"source": "synthetic", "layout": "mars", "root": "data/generated/mars"}))
     proc = run_pipeline(tmp_path, "report", env=env)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]

@@ -16,12 +16,10 @@ import torch.nn.functional as F
 
 from psta.engine import CHECKPOINT_NAME, MODEL_NAME, TrainConfig, train
 from psta.model import autocast_context, build_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _train_script import SyntheticClips  # noqa: E402
+from tests.helpers.train_script import SyntheticClips
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-SCRIPT = Path(__file__).resolve().parent / "_train_script.py"
+SCRIPT = Path(__file__).resolve().parent / "helpers" / "train_script.py"
 
 
 def small_psta(seed: int = 0):

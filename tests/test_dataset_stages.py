@@ -16,7 +16,7 @@ from tests.test_orchestration import FAST, git, make_project, run, tool_env
 
 pytestmark = pytest.mark.slow  # real stage processes, a Prefect server, DVC experiments
 
-ROOTS = {"ilidsvid": "data/raw/iLIDS-VID", "prid": "data/raw/PRID-2011", "lsvid": "data/raw/LS-VID"}
+GENERATED = "data/generated"  # where ingest writes a synthetic tree: data/generated/<layout>
 
 
 def runs_by_stage(tracking_uri: str) -> dict:
@@ -31,7 +31,7 @@ def runs_by_stage(tracking_uri: str) -> dict:
 @pytest.mark.parametrize("layout", ["ilidsvid", "prid", "lsvid"])
 def test_ingest_and_index_on_each_layout(workspace, layout):
     split = 0 if layout == "lsvid" else 2
-    workspace.write_params({"data": {"root": ROOTS[layout], "split": split, "split_seed": 3},
+    workspace.write_params({"data": {"split": split, "split_seed": 3},
                             "synthetic": {"layout": layout}})
     workspace.run("ingest")
     workspace.run("index")
@@ -56,20 +56,21 @@ def test_ingest_and_index_on_each_layout(workspace, layout):
         assert index.stats["split"]["source"] == "drawn from data.split_seed=3"
         splits = json.loads(drawn.read_text())
         assert len(splits) == 10 and all(len(s["test"]) == 8 and len(s["train"]) == 8 for s in splits)
-        assert sorted(f"person_{p:04d}" for p in set(index.tracklets.query("split == 'query'").pid)) == splits[2]["test"]
-        assert not list((workspace.path / ROOTS[layout]).glob("*.json"))
+        query_pids = set(index.tracklets.query("split == 'query'").pid)
+        assert sorted(f"person_{p:04d}" for p in query_pids) == splits[2]["test"]
+        assert not list((workspace.path / GENERATED / layout).rglob("*.json"))
     else:
         assert not drawn.exists()
 
 
 def test_lsvid_trains_with_its_validation_list_and_refuses_a_second_holdout(workspace):
     train = {**FAST["train"], "eval_every": 1}
-    workspace.write_params({"data": {"root": ROOTS["lsvid"]}, "synthetic": {"layout": "lsvid"}, "train": train})
+    workspace.write_params({"synthetic": {"layout": "lsvid"}, "train": train})
     for stage in ("ingest", "index", "cache", "train"):
         workspace.run(stage)
     history = (workspace.path / "reports/train_history.csv").read_text().splitlines()
     assert "val_rank1" in history[0] and "val_mAP" in history[0]
-    workspace.write_params({"data": {"root": ROOTS["lsvid"]}, "synthetic": {"layout": "lsvid"},
+    workspace.write_params({"synthetic": {"layout": "lsvid"},
                             "train": {**train, "val_fraction": 0.2}})
     proc = workspace.run("train", check=False)
     assert proc.returncode == 2
@@ -83,7 +84,6 @@ def test_ten_split_protocol_as_dvc_experiments_and_the_summary(tmp_path, prefect
     path = tmp_path / "project"
     make_project(path)
     params = yaml.safe_load((path / "params.yaml").read_text())
-    params["data"].update(root=ROOTS["ilidsvid"])
     params["synthetic"].update(layout="ilidsvid", num_train_ids=6, num_test_ids=6)
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     git("add", "-A", cwd=path)
@@ -108,7 +108,8 @@ def test_ten_split_protocol_as_dvc_experiments_and_the_summary(tmp_path, prefect
         values = [m[metric] for m in per_split if math.isfinite(m[metric])]   # NaN: gallery shorter than the rank
         got = result["summary"]["ilidsvid"][metric]
         if values:
-            assert got == {"mean": round(statistics.fmean(values), 2), "std": round(statistics.stdev(values), 2), "n": 2}
+            assert got == {"mean": round(statistics.fmean(values), 2), "std": round(statistics.stdev(values), 2),
+                           "n": 2}
         else:
             assert got == {"mean": None, "std": None, "n": 0}
     assert result["summary"]["ilidsvid"]["rank1"]["n"] == 2

@@ -24,12 +24,10 @@ from psta.engine import (
     split_validation,
     train,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _train_script import SyntheticClips, TinyReID  # noqa: E402
+from tests.helpers.train_script import SyntheticClips, TinyReID
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = Path(__file__).resolve().parent / "_train_script.py"
+SCRIPT = Path(__file__).resolve().parent / "helpers" / "train_script.py"
 PY = sys.executable
 # the training script imports this checkout's psta (not whichever one is installed)
 SCRIPT_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -152,7 +150,7 @@ def test_checkpoints_load_weights_only_and_hold_the_training_state(tmp_path):
     assert final["arch"] == "tiny" and final["feature_dim"] == 16
     assert_same_weights(final["state_dict"], {k: v for k, v in model.state_dict().items()})
     assert [e for e, _ in metrics] == [0, 1] and result.model_path == tmp_path / MODEL_NAME
-    for e, m in metrics:
+    for _e, m in metrics:
         assert set(m) >= {"epoch", "lr", "loss_ce", "loss_triplet", "loss_total", "clips_per_s"}
         assert m["steps"] == 4 and m["clips_per_s"] > 0
     assert metrics[0][1]["lr"] == pytest.approx(1e-5) and metrics[1][1]["lr"] == pytest.approx(3e-4)

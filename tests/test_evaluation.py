@@ -7,8 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from psta.evaluation import (evaluate_protocol, pairwise_distance, protocol_split, rank_metrics,
-                             rank_metrics_from_features, re_rank, summary)
+from psta.evaluation import (
+    evaluate_protocol,
+    pairwise_distance,
+    protocol_split,
+    rank_metrics,
+    rank_metrics_from_features,
+    re_rank,
+    summary,
+)
 
 
 # ----------------------------------------------------------------------------- oracles
@@ -287,7 +294,8 @@ def test_error_nan_embeddings_and_distances():
     rng = np.random.default_rng(0)
     q, g = rng.normal(size=(5, 8)), rng.normal(size=(12, 8))
     q[3, 2] = np.nan
-    with pytest.raises(ValueError, match=r"query features \(q\) contains 1 NaN/inf value\(s\) in 1 row\(s\) \(first at row 3\)"):
+    with pytest.raises(ValueError, match=r"query features \(q\) contains 1 NaN/inf value\(s\) in 1 row\(s\) "
+                                         r"\(first at row 3\)"):
         pairwise_distance(q, g)
     t = mars_table()
     feats = rng.normal(size=(len(t), 4))

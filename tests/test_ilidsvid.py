@@ -153,7 +153,8 @@ def test_person_seen_by_one_camera_only(copy, tmp_path):
 def test_empty_camera_folder(copy, tmp_path):
     for person in (copy / SEQUENCES / "cam1").iterdir():
         shutil.rmtree(person)
-    assert_fails_cleanly("ilidsvid", copy, tmp_path / "out", rf"camera folder {SEQUENCES}/cam1/ holds no person folders")
+    assert_fails_cleanly("ilidsvid", copy, tmp_path / "out",
+                         rf"camera folder {SEQUENCES}/cam1/ holds no person folders")
 
 
 def test_bad_png_frame_names_the_file(copy, tmp_path):
@@ -165,10 +166,11 @@ def test_bad_png_frame_names_the_file(copy, tmp_path):
 
 
 def test_the_report_summary_names_the_split(src, tmp_path):
-    from psta.report.sections import summary_section
+    from psta.report.summary import summary_section
 
     _, index = run_stages("ilidsvid", src[0], tmp_path / "out", split=4)
     results = {"protocols": {"ilidsvid": {"rank1": 0.5, "mAP": 0.4, "num_queries": 6, "num_gallery": 6,
                                           "num_valid_queries": 6}}}
-    facts = dict(summary_section(results, "ilidsvid", "iLIDS-VID", "ilidsvid", None, None, index.stats)["facts"])
+    section = summary_section(results, "ilidsvid", "iLIDS-VID", "ilidsvid", None, None, index.stats, provenance={})
+    facts = dict(section["facts"])
     assert facts["Split"] == f"4 of 0..9 ({SPLIT_FILE}): 6 train / 6 test identities"

@@ -102,11 +102,13 @@ def test_missing_file(copy, tmp_path, rel):
 
 def test_query_file_without_query(copy, tmp_path):
     write_mat73(copy / QUERY_FILE, {"queries": np.ones((3, 1))})
-    assert_fails_cleanly("lsvid", copy, tmp_path / "out", rf"{QUERY_FILE} has no variable 'query' \(it holds \['queries'\]\)")
+    assert_fails_cleanly("lsvid", copy, tmp_path / "out",
+                         rf"{QUERY_FILE} has no variable 'query' \(it holds \['queries'\]\)")
 
 
 @pytest.mark.parametrize("fault, pattern", [
-    ("outside", r"entry 2 of 'query' in test/data/info_test\.mat is 999, outside the \d+ rows of list_sequence/list_seq_test\.txt"),
+    ("outside", r"entry 2 of 'query' in test/data/info_test\.mat is 999, outside the \d+ rows of "
+                r"list_sequence/list_seq_test\.txt"),
     ("twice", r"'query' in test/data/info_test\.mat lists a row twice"),
     ("empty", r"split 'query' is empty: 'query' in test/data/info_test\.mat lists no rows"),
     ("all", r"split 'gallery' is empty: every row of list_sequence/list_seq_test\.txt is a query"),

@@ -26,7 +26,7 @@ from psta.model import (
     save_checkpoint,
     to_channels_last,
 )
-from tests.psta_oracle import OraclePSTA
+from tests.helpers.psta_oracle import OraclePSTA
 
 # the state-dict keys and shapes of the authors' released MARS checkpoint (a list of facts)
 TSV = Path(__file__).resolve().parent / "data" / "psta_reference_keys.tsv"
@@ -95,7 +95,7 @@ def test_shapes(seq_len, size):
     with torch.no_grad():
         logits, feats = model.train()(x)
         assert len(logits) == len(feats) == levels
-        assert all(l.shape == (2, 7) for l in logits) and all(f.shape == (2, 1024) for f in feats)
+        assert all(lg.shape == (2, 7) for lg in logits) and all(f.shape == (2, 1024) for f in feats)
         emb = model.eval()(x[:1])
     assert emb.shape == (1, 1024) and torch.isfinite(emb).all()
 
@@ -153,7 +153,7 @@ def test_batched_pairs_equal_per_pair_loop(dtype):
     for net in (model.train(), oracle.train()):
         net.zero_grad()
         logits, feats = net(x)
-        loss = sum(F.cross_entropy(l, labels) for l in logits) + sum(f.square().mean() for f in feats)
+        loss = sum(F.cross_entropy(lg, labels) for lg in logits) + sum(f.square().mean() for f in feats)
         loss.backward()
         outs.append((logits, feats))
     for a, b in zip(outs[0][0] + outs[0][1], outs[1][0] + outs[1][1]):
@@ -222,7 +222,7 @@ def test_every_trainable_parameter_gets_a_gradient():
     x = torch.randn(4, 8, 3, 128, 64)
     labels = torch.tensor([0, 0, 3, 3])
     logits, feats = model(x)
-    loss = sum(F.cross_entropy(l, labels, label_smoothing=0.1) for l in logits)
+    loss = sum(F.cross_entropy(lg, labels, label_smoothing=0.1) for lg in logits)
     for f in feats:  # a simple metric term: pull same-identity features together
         d = torch.cdist(f, f)
         loss = loss + d[0, 1] + d[2, 3] - 0.1 * d[0, 2]

@@ -50,7 +50,8 @@ def tool_env(**extra: str) -> dict[str, str]:
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600, check: bool = True):
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-4000:]}")
     return proc
 
 
@@ -132,7 +133,7 @@ def test_fresh_clone_reproduces_then_is_up_to_date_and_round_trips_through_the_r
         "data/gallery/header.json", "data/gallery/index.faiss",
     ]
     assert [name for name in outputs if not (p / name).is_file()] == []
-    assert any((p / "data/cache").iterdir()) and any((p / "data/raw").rglob("*.jpg"))
+    assert any((p / "data/cache").iterdir()) and any((p / "data/generated").rglob("*.jpg"))
 
     metrics = json.loads((p / "reports/metrics.json").read_text())
     shown = json.loads(project.run("dvc", "metrics", "show", "--json").stdout)
@@ -387,7 +388,8 @@ def test_scheduled_retrain_deployment_runs_and_refuses_a_second_one(project, pre
         assert parent.data.tags["retrain_pushed"] == "true"
 
         # while another retrain holds the lock, a second one is refused and touches nothing
-        state_before = {name: sha256(copy / name) for name in ("dvc.lock", "reports/report.html", "data/models/model.pt")}
+        kept = ("dvc.lock", "reports/report.html", "data/models/model.pt")
+        state_before = {name: sha256(copy / name) for name in kept}
         fd = os.open(copy / ".dvc/tmp/retrain.lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

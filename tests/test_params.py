@@ -29,10 +29,12 @@ def test_repository_params_are_valid_and_complete():
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"data": {"sorce": "mars"}}, "unknown key(s) data.sorce; 'data' accepts: on_bad_frame, root, source, split, split_file, split_seed"),
+        ({"data": {"sorce": "mars"}}, "unknown key(s) data.sorce; 'data' accepts: on_bad_frame, root, source, split, "
+                                      "split_file, split_seed, strict_frame_size"),
         ({"synthetic": {"cameras_per_id": [2, "x"]}}, "synthetic.cameras_per_id[1]: expected int, got str 'x'"),
         ({"data": {"source": "market"}},
-         "data.source: expected 'synthetic' | 'mars' | 'duke' | 'ilidsvid' | 'prid' | 'lsvid' | 'videos', got str 'market'"),
+         "data.source: expected 'synthetic' | 'mars' | 'duke' | 'ilidsvid' | 'prid' | 'lsvid' | 'videos', "
+         "got str 'market'"),
         ({"synthetic": {"seed": "zero"}}, "synthetic.seed: expected int >= 0, got str 'zero'"),
         ({"synthetic": {"num_cameras": True}}, "synthetic.num_cameras: expected int or null in [2, 9], got bool True"),
         ({"train": {"epochs": "3"}}, "train.epochs: expected int >= 1, got str '3'"),
@@ -124,8 +126,6 @@ OUT_OF_RANGE = [
     ({"evaluate": {"target_fpr": 1.5}}, "evaluate.target_fpr: expected float in (0, 1), got float 1.5"),
     ({"evaluate": {"bootstrap": -1}}, "evaluate.bootstrap: expected int >= 0, got int -1"),
     ({"tracking": {"experiment": ""}}, "tracking.experiment: expected str"),
-    ({"data": {"root": "elsewhere/MARS"}}, "data.root: expected a folder under data/raw/ when data.source is "
-                                           "synthetic"),
 ]
 
 
@@ -234,6 +234,31 @@ def test_paper_configs_are_complete_and_hold_the_recipe(name):
     assert params.train.select == "last"  # never the test set
 
 
+@pytest.mark.parametrize("root, how, out", [
+    ("data/generated/MARS", "lies inside", "data/generated"),
+    ("data/cache/MARS", "lies inside", "data/cache"),
+    ("data", "contains", "data/"),
+    (".", "contains", ""),
+])
+def test_a_dataset_root_inside_or_holding_an_output_is_refused(tmp_path, root, how, out):
+    """DVC deletes stage outputs before it runs a stage: a dataset there would be lost."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"data": {"source": "mars", "root": root}}))
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert f"data.root {root!r} {how} {out}" in message
+    assert "set data.root: datasets/" in message and "\n" not in message
+
+
+def test_dataset_roots_outside_every_output_are_accepted(tmp_path):
+    for source, root in (("mars", "datasets/MARS"), ("mars", "data/raw/MARS"), ("duke", str(tmp_path)),
+                         ("synthetic", "data/generated/mars")):  # synthetic does not read data.root
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump({"data": {"source": source, "root": root}}))
+        assert load_params(path).data.root == root
+
+
 # ------------------------------------------------------------------ what the machine must give
 def cpu_only(monkeypatch):
     monkeypatch.setattr("pipeline.preflight._cuda_devices", lambda: 0)
@@ -299,11 +324,12 @@ def test_dvc_set_param_changes_exactly_one_line_and_keeps_the_comments(tmp_path,
 
 def test_cli_and_library_errors_share_one_base():
     from psta.data.cache import CacheError
-    from psta.errors import DatasetError
+    from psta.errors import DatasetError, IntegrityError
     from psta.model import CheckpointMismatchError, PretrainedWeightsError
     from psta.report.inputs import ReportInputError
 
     for cls, builtin in ((DatasetError, ValueError), (CacheError, ValueError), (ParamsError, ValueError),
                          (PretrainedWeightsError, FileNotFoundError), (ReportInputError, FileNotFoundError),
-                         (CheckpointMismatchError, RuntimeError), (ConfigError, ValueError)):
+                         (CheckpointMismatchError, RuntimeError), (ConfigError, ValueError),
+                         (IntegrityError, ValueError)):
         assert issubclass(cls, UserError) and issubclass(cls, builtin), cls

@@ -158,7 +158,8 @@ def test_person_folder_without_frames(copy, tmp_path):
     person = copy / MULTI_SHOT / "cam_a" / "person_0003"
     for f in person.iterdir():
         f.unlink()
-    assert_fails_cleanly("prid", copy, tmp_path / "out", rf"person folder {MULTI_SHOT}/cam_a/person_0003 holds no frames")
+    assert_fails_cleanly("prid", copy, tmp_path / "out",
+                         rf"person folder {MULTI_SHOT}/cam_a/person_0003 holds no frames")
 
 
 def test_unparsable_frame_name(copy, tmp_path):

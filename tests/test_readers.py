@@ -216,6 +216,35 @@ def test_tracklet_mixing_identities_or_cameras(mars_copy, tmp_path, what):
                          re.escape(lines[line]), rf"line {line + 1}\b")
 
 
+def _test_tracks(info):
+    return scipy.io.loadmat(info / "tracks_train_info.mat")["track_train_info"].astype(np.int64)
+
+
+def test_a_row_spanning_two_tracklet_numbers_is_refused(mars_copy, tmp_path):
+    info = mars_copy / "info"
+    tracks = _test_tracks(info)
+    same = (tracks[1:, 2] == tracks[:-1, 2]) & (tracks[1:, 3] == tracks[:-1, 3]) & (tracks[1:, 0] == tracks[:-1, 1] + 1)
+    r = int(np.flatnonzero(same)[0])  # rows r, r+1: T0001 and T0002 of one person and camera
+    merged = np.delete(tracks, r + 1, axis=0)
+    merged[r, 1] = tracks[r + 1, 1]
+    savemat_deterministic(info / "tracks_train_info.mat", {"track_train_info": merged})
+    lines = (info / "train_name.txt").read_text().splitlines()
+    assert_fails_cleanly("mars", mars_copy, tmp_path / "out",
+                         rf"row {r + 1} of info/tracks_train_info\.mat \(lines {tracks[r, 0]}\.\.{tracks[r + 1, 1]}",
+                         "spans two tracklets", re.escape(lines[tracks[r + 1, 0] - 1]))
+
+
+def test_overlapping_rows_are_refused(mars_copy, tmp_path):
+    info = mars_copy / "info"
+    tracks = _test_tracks(info)
+    tracks[3, 1] += 2  # row 4 now also holds the first two frames of row 5
+    savemat_deterministic(info / "tracks_train_info.mat", {"track_train_info": tracks})
+    assert_fails_cleanly("mars", mars_copy, tmp_path / "out",
+                         r"rows 4 and 5 of info/tracks_train_info\.mat \(1-based\) overlap",
+                         rf"lines {tracks[3, 0]}\.\.{tracks[3, 1]} and {tracks[4, 0]}\.\.{tracks[4, 1]}",
+                         "one frame in two tracklets")
+
+
 def test_mars_empty_split(mars_copy, tmp_path):
     savemat_deterministic(mars_copy / "info" / "query_IDX.mat", {"query_IDX": np.zeros((1, 0))})
     assert_fails_cleanly("mars", mars_copy, tmp_path / "out", r"split 'query' is empty", "query_IDX")
@@ -259,7 +288,8 @@ def test_bad_frames_skip_mode_drops_and_counts(mars_copy, tmp_path):
     raw = read_mars(mars_copy)
     t = raw.tracklets
     train = t.index[t.split == "train"]
-    truncated, empty, missing = raw.frame_paths(train[0])[0], raw.frame_paths(train[1])[-1], raw.frame_paths(train[2])[1]
+    truncated, empty = raw.frame_paths(train[0])[0], raw.frame_paths(train[1])[-1]
+    missing = raw.frame_paths(train[2])[1]
     whole = raw.frame_paths(train[3])                                   # every frame bad -> tracklet dropped
     (mars_copy / truncated).write_bytes((mars_copy / truncated).read_bytes()[:100])
     (mars_copy / empty).write_bytes(b"")
@@ -294,13 +324,53 @@ def test_check_frames_reasons(tmp_path, mars_src):
     assert "truncated" in check_jpeg_bytes(good[:-40])
     (tmp_path / "a.jpg").write_bytes(good)
     (tmp_path / "b.jpg").write_bytes(good[:200] + b"\xff\xd9")       # header fine, scan cut short
-    ok, bad = check_frames(tmp_path, ["a.jpg", "b.jpg", "c.jpg"], "skip")
+    ok, bad, _ = check_frames(tmp_path, ["a.jpg", "b.jpg", "c.jpg"], "skip")
     assert ok.tolist() == [True, False, False]
     assert bad[0][0] == "b.jpg" and "decode" in bad[0][1] and bad[1] == ("c.jpg", "missing file")
-    ok, _ = check_frames(tmp_path, ["a.jpg", "b.jpg"], "skip", decode=False)
+    ok = check_frames(tmp_path, ["a.jpg", "b.jpg"], "skip", decode=False).ok
     assert ok.tolist() == [True, True]                                # header-only check passes b
     with pytest.raises(ValueError, match="on_bad_frame"):
         check_frames(tmp_path, ["a.jpg"], "ignore")
+
+
+def _gradient_jpeg(height=256, width=128) -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = np.broadcast_to(np.linspace(0, 255, width, dtype=np.uint8)[None, :, None], (height, width, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_damaged_scan_data_that_decodes_to_grey_is_a_bad_frame(tmp_path):
+    from PIL import Image
+
+    good = _gradient_jpeg()
+    sos = good.index(b"\xff\xda")
+    cut = good[:sos + 400] + b"\xff\xd9"  # the scan ends early: libjpeg fills grey, only warns
+    with Image.open(__import__("io").BytesIO(cut)) as im:
+        im.load()  # PIL decodes it without a word: that is the fault
+    (tmp_path / "good.jpg").write_bytes(good)
+    (tmp_path / "cut.jpg").write_bytes(cut)
+    with pytest.raises(DatasetError, match=r"bad frame cut\.jpg .*does not decode cleanly \(libjpeg: "
+                                           r"Corrupt JPEG data: premature end of data segment\).*on_bad_frame: skip"):
+        check_frames(tmp_path, ["good.jpg", "cut.jpg"], "error")
+    ok, bad, _ = check_frames(tmp_path, ["good.jpg", "cut.jpg"], "skip")
+    assert ok.tolist() == [True, False] and bad[0][0] == "cut.jpg"
+
+
+def test_frames_of_another_size_are_counted_or_refused(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(_gradient_jpeg())
+    (tmp_path / "b.jpg").write_bytes(_gradient_jpeg(200, 100))
+    result = check_frames(tmp_path, ["a.jpg", "b.jpg"], "error", frame_size=(256, 128))
+    assert result.ok.all() and result.off_size == [("b.jpg", "100 x 200")]
+    with pytest.raises(DatasetError, match=r"bad frame b\.jpg .*it is 100 x 200 pixels, not 128 x 256 .*"
+                                           r"data\.strict_frame_size: true"):
+        check_frames(tmp_path, ["a.jpg", "b.jpg"], "error", frame_size=(256, 128), strict_size=True)
+    skipped = check_frames(tmp_path, ["a.jpg", "b.jpg"], "skip", frame_size=(256, 128), strict_size=True)
+    assert skipped.ok.tolist() == [True, False] and skipped.off_size == []
 
 
 def test_mars_name_lists_with_crlf_and_blank_tail_read_alike(mars_copy):

@@ -7,9 +7,16 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from psta.data.sampling import (IdentitySampler, all_frames_chunks, begin_interval_indices,
-                                dense_clips, dense_offsets, num_dense_clips, random_interval_indices,
-                                random_interval_stride)
+from psta.data.sampling import (
+    IdentitySampler,
+    all_frames_chunks,
+    begin_interval_indices,
+    dense_clips,
+    dense_offsets,
+    num_dense_clips,
+    random_interval_indices,
+    random_interval_stride,
+)
 
 T = 8
 LENGTHS = [1, 7, 8, 15, 16, 31, 32, 63, 64, 65, 66, 500]
@@ -158,7 +165,7 @@ def _labels():
 
 def test_identity_sampler_pk_batches():
     labels = _labels()
-    members = {l: set(np.flatnonzero(labels == l).tolist()) for l in np.unique(labels)}
+    members = {pid: set(np.flatnonzero(labels == pid).tolist()) for pid in np.unique(labels)}
     sampler = IdentitySampler(labels, num_instances=4, batch_size=16, seed=3)
     keys = list(sampler)
     assert len(keys) == len(sampler) == (17 // 4) * 16
@@ -169,13 +176,13 @@ def test_identity_sampler_pk_batches():
     for batch in idx.reshape(-1, 16):
         c = Counter(labels[batch].tolist())
         assert len(c) == 4 and set(c.values()) == {4}  # P distinct identities x K each
-        for l in c:
-            got = batch[labels[batch] == l].tolist()
-            assert set(got) <= members[l]
-            if len(members[l]) >= 4:
+        for pid in c:
+            got = batch[labels[batch] == pid].tolist()
+            assert set(got) <= members[pid]
+            if len(members[pid]) >= 4:
                 assert len(set(got)) == 4  # without replacement when possible
             else:
-                assert set(got) <= members[l] and len(set(got)) <= len(members[l])
+                assert set(got) <= members[pid] and len(set(got)) <= len(members[pid])
         seen.extend(c)
     assert len(seen) == len(set(seen))  # an identity appears once per epoch
 
@@ -189,7 +196,8 @@ def test_identity_sampler_epoch_determinism():
     assert list(a) != list(b)
     b.set_epoch(1)
     assert list(a) == list(b)
-    assert list(IdentitySampler(labels, 4, 16, seed=8, keys=False)) != list(IdentitySampler(labels, 4, 16, seed=7, keys=False))
+    assert list(IdentitySampler(labels, 4, 16, seed=8, keys=False)) \
+        != list(IdentitySampler(labels, 4, 16, seed=7, keys=False))
     assert all(isinstance(i, int) for i in a)
 
 
@@ -204,7 +212,7 @@ def test_identity_sampler_ddp_partition():
     assert len(set(draws)) == len(draws)  # every global draw once, on one rank
     ids = [set() for _ in range(2)]
     for r in range(2):
-        for step, batch in enumerate(np.array([k[0] for k in seqs[r]]).reshape(-1, 16)):
+        for _step, batch in enumerate(np.array([k[0] for k in seqs[r]]).reshape(-1, 16)):
             c = Counter(labels[batch].tolist())
             assert len(c) == 4 and set(c.values()) == {4}
             ids[r] |= set(c)

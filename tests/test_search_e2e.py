@@ -43,13 +43,14 @@ def make_workspace(path: Path, prefect_api: str, override: dict) -> Workspace:
 
 
 def write_untrained_model(ws: Workspace, num_classes: int, seed: int = 0) -> None:
+    from psta.integrity import write_digest
     from psta.model import build_model, save_checkpoint
     from tests.conftest import TINY_PARAMS
 
     m = TINY_PARAMS["model"]
     torch.manual_seed(seed)
     (ws.path / "data/models").mkdir(parents=True, exist_ok=True)
-    save_checkpoint(ws.path / "data/models/model.pt", build_model("psta", num_classes=num_classes, **m))
+    write_digest(save_checkpoint(ws.path / "data/models/model.pt", build_model("psta", num_classes=num_classes, **m)))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_folder_query_with_its_camera_finds_its_identity_in_other_cameras(demo, 
     crops = tmp_path / "crops"
     crops.mkdir()
     for i, frame in enumerate(index.frame_paths(int(q.name))):
-        shutil.copy(demo.path / "data/raw/MARS" / frame, crops / f"{i:03d}.jpg")
+        shutil.copy(demo.path / "data/generated/mars" / frame, crops / f"{i:03d}.jpg")
 
     out_json, out_html = tmp_path / "answer.json", tmp_path / "answer.html"
     proc = demo.run("search", str(crops), "--camera", str(q.camid + 1), "--exclude-same-camera",
@@ -195,7 +196,7 @@ def test_bad_queries_are_one_clear_error_each(demo, tmp_path, capsys):
         "error: camera '9' is not in the gallery; its cameras are 1 (C1)")
     crops = tmp_path / "crops"
     crops.mkdir()
-    frame = next((demo.path / "data/raw/MARS/bbox_test").rglob("*.jpg"))
+    frame = next((demo.path / "data/generated/mars/bbox_test").rglob("*.jpg"))
     shutil.copy(frame, crops / "a.jpg")
     assert search_error(demo, capsys, str(crops), "--exclude-same-camera") == (
         "error: --exclude-same-camera needs the query's camera: pass --camera C")
@@ -258,7 +259,7 @@ def test_served_champion_embeds_raw_frames_as_the_evaluation(demo, tmp_path):
     seq_len = json.loads((demo.path / "data/gallery/header.json").read_text())["model"]["seq_len"]
     row = int(np.flatnonzero(tracklets["n_frames"].to_numpy() > seq_len)[0])
     tid = int(tracklets["tracklet_id"].iloc[row])
-    frames = np.stack([decode_image(str(demo.path / "data/raw/MARS" / p)).permute(1, 2, 0).numpy()
+    frames = np.stack([decode_image(str(demo.path / "data/generated/mars" / p)).permute(1, 2, 0).numpy()
                        for p in index.frame_paths(tid)])
 
     client = mlflow.MlflowClient(demo.env["MLFLOW_TRACKING_URI"])

@@ -43,7 +43,8 @@ def test_only_finished_experiments_of_this_configuration_newest_per_split():
     assert rank1 == {"mean": 75.0, "std": round(statistics.stdev([70.0, 80.0]), 2), "n": 2}
     assert result["summary"]["ilidsvid"]["mAP"]["mean"] == 70.0
     assert "untrained" not in result["experiments"][0]["metrics"]
-    assert table(result).splitlines()[2] == "| ilidsvid | 2 | 75.0 ± 7.1 | 90.0 ± 0.0 | 95.0 ± 0.0 | 99.0 ± 0.0 | 70.0 ± 7.1 |"
+    assert table(result).splitlines()[2] == ("| ilidsvid | 2 | 75.0 ± 7.1 | 90.0 ± 0.0 | 95.0 ± 0.0 | 99.0 ± 0.0 "
+                                             "| 70.0 ± 7.1 |")
 
 
 @pytest.mark.parametrize("n", [1])

@@ -80,7 +80,7 @@ def test_users_mars_copy_with_a_bad_frame_error_then_skip(workspace):
     assert stats["skipped_bad_frames"] == 1
     index = read_index(workspace.path / "data/index")
     assert not index.frames.path.str.endswith(bad.name).any()
-    source = json.loads((workspace.path / "data/raw/SOURCE.json").read_text())
+    source = json.loads((workspace.path / "data/generated/SOURCE.json").read_text())
     assert source["root"] == str(root)
 
 
@@ -97,7 +97,7 @@ def test_videos_source_runs_ingest_and_index_unchanged(workspace):
     for split in ("train", "query", "gallery"):
         assert (index.tracklets.split == split).sum() == built[split]["tracklets"]
     assert ingest_stats["layout"] == "mars" and ingest_stats["bad_frames"] == 0
-    assert (workspace.path / "data/raw/MARS/info/query_IDX.mat").exists()
+    assert (workspace.path / "data/generated/mars/info/query_IDX.mat").exists()
 
 
 def test_train_stage_under_torchrun_ddp(workspace):
@@ -132,3 +132,32 @@ def test_missing_imagenet_weights_fail_before_training_and_say_where_to_put_them
     assert str(tmp_path / "torch-home" / "hub" / "checkpoints") in message
     assert "resnet18-f37072fd.pth" in message
     assert not (workspace.path / "data").exists()
+
+
+def test_users_mars_copy_with_a_damaged_scan_and_frames_of_another_size(workspace):
+    from psta.data.synthetic import SyntheticConfig, generate_mars
+
+    root = workspace.path / "user" / "MARS"
+    generate_mars(root, SyntheticConfig(**TINY_PARAMS["synthetic"]))  # 64 x 32 frames, not MARS's 256 x 128
+    frames = sorted((root / "bbox_train").rglob("*.jpg"))
+    victim = frames[5]
+    data = victim.read_bytes()
+    victim.write_bytes(data[:data.index(b"\xff\xda") + 60] + b"\xff\xd9")  # scan cut: decodes grey
+    workspace.write_params({"data": {"source": "mars", "root": str(root)}})
+    proc = workspace.run("ingest", check=False)
+    assert proc.returncode == 2
+    message = proc.stderr.strip().splitlines()[-1]
+    assert victim.name in message and "Corrupt JPEG data" in message and "on_bad_frame: skip" in message
+
+    workspace.write_params({"data": {"source": "mars", "root": str(root), "on_bad_frame": "skip"}})
+    proc = workspace.run("ingest")
+    stats = json.loads((workspace.path / "data/ingest/stats.json").read_text())
+    total = stats["frames"]
+    assert stats["bad_frames"] == 1 and victim.name in stats["bad_frame_examples"][0]
+    assert stats["off_size_frames"] == total - 1
+    assert f"warning: {total - 1} of {total} frames under {root} are not 128 x 256 pixels" in proc.stderr
+
+    workspace.write_params({"data": {"source": "mars", "root": str(root), "strict_frame_size": True}})
+    proc = workspace.run("ingest", check=False)
+    assert proc.returncode == 2
+    assert "is 32 x 64 pixels, not 128 x 256" in proc.stderr.strip().splitlines()[-1]

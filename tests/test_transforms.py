@@ -6,8 +6,14 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from psta.data.transforms import (ERASE_FILL, IMAGENET_MEAN, IMAGENET_STD, ClipTransform,
-                                  build_test_transform, build_train_transform)
+from psta.data.transforms import (
+    ERASE_FILL,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClipTransform,
+    build_test_transform,
+    build_train_transform,
+)
 
 H, W, T = 64, 32, 8
 

@@ -183,7 +183,7 @@ def test_crops_size_and_content(built):
     got = read_tracklets(out)
     palette = np.array(list(COLOURS.values()), np.float64)
     keys = list(COLOURS)
-    for (pid, cam, tnum), files in got.items():
+    for (pid, _cam, _tnum), files in got.items():
         for p in files:
             img = np.asarray(Image.open(p).convert("RGB"), np.float64)
             assert img.shape == (CFG.height, CFG.width, 3), p
@@ -284,7 +284,7 @@ def test_identities_csv(source, tmp_path):
     assert {k[0] for k in got} == set(range(1, 7))
     pid = stats["pids"]
     palette = {pid[names[t]]: c for t, c in COLOURS.items()}
-    for (p, cam, _), files in got.items():
+    for (p, _cam, _), files in got.items():
         centre = np.asarray(Image.open(files[0]).convert("RGB"), np.float64)[16:48, 8:24].reshape(-1, 3).mean(0)
         assert np.abs(centre - palette[p]).max() < 30
     build_index(read_mars(out))

@@ -94,7 +94,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         test = index.tracklets[index.tracklets["split"].isin(["query", "gallery"])].reset_index(drop=True)
         cache = FrameCache(paths.CACHE)
         cache.check_tracklets(index.tracklets)
-        model, checkpoint = load_checkpoint(paths.MODELS / "model.pt")
+        model, checkpoint = load_checkpoint(paths.MODELS / "model.pt", require_digest=True)
         features = embed(params, model, test, cache, sampling)
         results = score(params, features, test, protocols)
         untrained = None

@@ -32,7 +32,7 @@ def export_model() -> dict:
     from psta.export import export_checked
     from psta.model import load_checkpoint
 
-    model, checkpoint = load_checkpoint(MODEL)
+    model, checkpoint = load_checkpoint(MODEL, require_digest=True)
     c = checkpoint["config"]
     report = export_checked(model, ONNX, seq_len=c["seq_len"], height=c["height"], width=c["width"])
     report.update(input=[-1, c["seq_len"], 3, c["height"], c["width"]], output=[-1, model.feature_dim],

@@ -51,7 +51,7 @@ def embed_share(params: Params, rows: pd.DataFrame, dataset: str) -> tuple[np.nd
 
     info = env_dist_info()
     mine = np.arange(len(rows))[info.rank::info.world_size]
-    model, _ = load_checkpoint(MODEL)
+    model, _ = load_checkpoint(MODEL, require_digest=True)
     e = params.evaluate
     features = extract_features(model, rows.iloc[mine], FrameCache(paths.CACHE), seq_len=params.model.seq_len,
                                 sampling=sampling_for(params, dataset), batch_size=e.batch_size,
@@ -100,7 +100,7 @@ def write(params: Params, index, dataset: str, splits, rows: pd.DataFrame, embed
     from psta.model import load_checkpoint
     from psta.search.gallery import gallery_tables, write_gallery
 
-    _, checkpoint = load_checkpoint(MODEL)
+    _, checkpoint = load_checkpoint(MODEL, require_digest=True)
     sha = model_sha256(MODEL)
     protocol = get_dataset(dataset).headline_protocol
     table, frames = gallery_tables(rows, index.frames, video_sources(params))

@@ -1,30 +1,47 @@
 """ingest: bring the raw dataset into reach and write a validated frame manifest.
 
-synthetic -> generate the tree (a registered dataset's layout, synthetic.layout) under data/raw/;
-videos -> cut the user's camera videos + box files into a MARS tree under data/raw/MARS;
-a registered dataset (mars, duke, ...: psta.data.registry) -> read the user's copy in place.
+synthetic -> generate the tree (a registered dataset's layout, synthetic.layout) under
+data/generated/<layout>; videos -> cut the user's camera videos + box files into a MARS tree
+under data/generated/mars; a registered dataset (mars, duke, ...: psta.data.registry) -> read
+the user's copy in place at data.root (never written, moved or copied).
 Either way every frame file is checked, and the manifest lists one row per frame.
+data/generated is `persist: true` in dvc.yaml: DVC never deletes it, and params validation
+refuses a data.root inside it (or any other output) before this stage writes anything.
 """
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 from pipeline import paths
 from pipeline.params import Params, load_params
 from pipeline.stage import dataset_of, log_files, log_numbers, stage_flow, stage_run, stage_task
-from psta.atomic import atomic_dir
+from psta.atomic import atomic_dir, atomic_path
 from psta.data.registry import DatasetSpec, dataset_names
 
 __all__ = ["dataset_of", "dataset_root", "ingest"]
 SPLITS_JSON = paths.INGEST / "splits.json"
 
-VIDEO_TRACKLETS = paths.RAW / "MARS"
+SOURCE_NOTE = "SOURCE.json"  # for a user's dataset: where the copy read in place is
 
 
 def dataset_root(params: Params) -> Path:
-    """Where the MARS/Duke tree the readers see lives (params validation checked data.root)."""
-    return VIDEO_TRACKLETS if params.data.source == "videos" else Path(params.data.root)
+    """Where the MARS/Duke tree the readers see lives."""
+    if params.data.source == "synthetic":
+        return paths.GENERATED / params.synthetic.layout
+    if params.data.source == "videos":
+        return paths.GENERATED / "mars"
+    return Path(params.data.root)
+
+
+def drop_other_generated(keep: Path | None) -> None:
+    """Remove the trees this stage generated earlier under another name (never anything else)."""
+    for name in (*dataset_names(), SOURCE_NOTE):
+        old = paths.GENERATED / name
+        if old != keep and (old.is_dir() or old.is_file()):
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 @stage_task
@@ -45,11 +62,31 @@ def read_raw(spec: DatasetSpec, root: Path, params: Params):
     return spec.read(root, split=d.split, split_file=d.split_file, split_seed=d.split_seed)
 
 
+# the size every frame of a release has (Duke's crops vary); for generated trees, the size written
+RELEASE_FRAME_SIZE = {"mars": (256, 128)}
+
+
+def frame_size(params: Params, spec: DatasetSpec) -> tuple[int, int] | None:
+    if params.data.source == "synthetic":
+        return params.synthetic.height, params.synthetic.width
+    if params.data.source == "videos":
+        return params.videos.height, params.videos.width
+    return RELEASE_FRAME_SIZE.get(spec.name)
+
+
 @stage_task
-def check_frames(root: Path, raw, on_bad_frame: str):
+def check_frames(root: Path, raw, params: Params, size: tuple[int, int] | None):
     from psta.data import check_frames as check
 
-    return check(root, raw.paths, on_bad_frame)
+    result = check(root, raw.paths, params.data.on_bad_frame, frame_size=size,
+                   strict_size=params.data.strict_frame_size)
+    if result.off_size:
+        examples = ", ".join(f"{p} ({s})" for p, s in result.off_size[:3])
+        print(f"warning: {len(result.off_size)} of {len(result.ok)} frames under {root} are not "
+              f"{size[1]} x {size[0]} pixels, the dataset's frame size (e.g. {examples}); they are "
+              f"used as they are (resized by the cache stage). Set data.strict_frame_size: true to "
+              f"treat them as bad frames", file=sys.stderr)
+    return result
 
 
 @stage_flow("ingest")
@@ -68,7 +105,7 @@ def ingest(params_path: str = "params.yaml") -> dict:
         elif params.data.source == "videos":
             planted = tracklets_from_videos(params, root)
         raw = read_raw(spec, root, params)
-        ok_mask, bad = check_frames(root, raw, params.data.on_bad_frame)
+        ok_mask, bad, off_size = check_frames(root, raw, params, frame_size(params, spec))
         info = {"source": params.data.source, "layout": spec.name, "root": str(root),
                 "split": spec.split_scheme, "chosen_split": raw.meta.get("split")}
         stats = {
@@ -78,6 +115,8 @@ def ingest(params_path: str = "params.yaml") -> dict:
             "junk_tracklets": int(raw.tracklets["junk"].sum()),
             "bad_frames": len(bad),
             "bad_frame_examples": [f"{p}: {why}" for p, why in bad[:20]],
+            "off_size_frames": len(off_size),
+            "off_size_examples": [f"{p}: {size}" for p, size in off_size[:20]],
             "planted": planted,
         }
         with atomic_dir(paths.INGEST) as out:
@@ -87,9 +126,12 @@ def ingest(params_path: str = "params.yaml") -> dict:
             if raw.generated_splits is not None:   # drawn splits: recorded with the outputs, never in the dataset
                 (out / SPLITS_JSON.name).write_text(json.dumps(raw.generated_splits, indent=1) + "\n")
         if params.data.source in dataset_names():
-            # data/raw is a declared out; for a user's own copy it only records where the data is
-            with atomic_dir(paths.RAW) as out:
-                (out / "SOURCE.json").write_text(json.dumps(info, indent=2) + "\n")
+            # the user's copy is read in place; the output only notes where it is
+            drop_other_generated(None)
+            with atomic_path(paths.GENERATED / SOURCE_NOTE) as tmp:
+                tmp.write_text(json.dumps(info, indent=2) + "\n")
+        else:
+            drop_other_generated(root)
         log_numbers({k: stats[k] for k in ("tracklets", "frames", "junk_tracklets", "bad_frames")})
         log_files(paths.INGEST_STATS, paths.DATASET_INFO)
         return stats

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.params import load_params
-from pipeline.stage import log_files, read_dataset_info, read_json, stage_flow, stage_run, stage_task
+from pipeline.stage import log_files, read_dataset_info, stage_flow, stage_run, stage_task
 from pipeline.stages.evaluate import METRICS_JSON
 from pipeline.stages.train import HISTORY_CSV
 
@@ -37,17 +37,18 @@ def registered_version(eval_run_id: str | None) -> dict[str, str]:
 
 
 def report_provenance() -> dict[str, str]:
-    results = read_json(paths.EVAL / "results.json")
+    from psta.report.inputs import load_results
+
+    results = load_results(paths.EVAL)  # missing or unreadable: one error saying to run evaluate
     evaluated = results.get("provenance") or {}
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return {**registered_version(evaluated.get("mlflow_run_id")), "report_date": now}
 
 
 @stage_task
-def render(num_examples: int, provenance: dict[str, str]) -> dict:
+def render(num_examples: int, source: str, provenance: dict[str, str]) -> dict:
     from psta.report import build_report
 
-    source = read_dataset_info()["source"]
     return build_report(paths.EVAL, paths.INDEX, paths.CACHE, HISTORY_CSV, METRICS_JSON,
                         REPORT_HTML, REPORT_MD, num_examples=num_examples, data_source=source,
                         provenance=provenance)
@@ -67,7 +68,8 @@ def log_figures(names: list[str]) -> None:
 def report(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     with stage_run("report", params, ("report",)):
-        written = render(params.report.num_examples, report_provenance())
+        source = read_dataset_info()["source"]  # the inputs checked in pipeline order: ingest, evaluate
+        written = render(params.report.num_examples, source, report_provenance())
         log_files(REPORT_HTML, REPORT_MD)
         log_figures(written["figures"])
         return written

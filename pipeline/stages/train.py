@@ -3,9 +3,10 @@
 `torchrun --nproc_per_node N -m pipeline train` trains with DDP; rank 0 owns the Prefect flow,
 the MLflow run and every file written.
 
-Checkpoints live in data/train/<key>/, where the key hashes the params and the index this run
-trains on: `resume: auto` continues an interrupted run of the same configuration, never a
-finished or a different one. data/train is `persist: true` in dvc.yaml, so a killed
+Checkpoints live in data/train/<key>/, where the key hashes the stage's params and the content
+of every dependency dvc.yaml lists for it (code and data): `resume: auto` continues an
+interrupted run of exactly the same inputs, never a finished or a different one (a finished
+run is trained again from scratch). data/train is `persist: true` in dvc.yaml, so a killed
 `dvc repro` picks up where it stopped.
 """
 from __future__ import annotations
@@ -21,14 +22,16 @@ from typing import Any
 import numpy as np
 
 from pipeline import paths
+from pipeline.dvcfile import deps_digest
 from pipeline.lineage import log_dataset_input
 from pipeline.params import Params, ParamsError, load_params
 from pipeline.stage import bars, log_files, log_numbers, stage_flow, stage_run, stage_task
-from psta.atomic import atomic_path
+from psta.atomic import atomic_dir, atomic_path
 
-TRAIN_STATE = Path("data/train")
+TRAIN_STATE = paths.TRAIN_STATE
 HISTORY_CSV = paths.REPORTS / "train_history.csv"
 SECTIONS = ("model", "augment", "train")
+MODEL_FILE = "model.pt"
 VAL_PREFIX = "val_"
 PERCENT = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 # columns of reports/train_history.csv that dvc.yaml plots
@@ -36,8 +39,21 @@ PLOTTED = ("epoch", "lr", "loss_total", "loss_ce", "loss_triplet", "val_rank1", 
 
 
 def run_key(params: Params) -> str:
-    index_digest = hashlib.sha256((paths.INDEX / "tracklets.parquet").read_bytes()).hexdigest()
-    return hashlib.sha256(f"{params.digest(*SECTIONS)}:{index_digest}".encode()).hexdigest()[:16]
+    """The training run's identity: params + the code and data hashes of the stage's deps."""
+    deps = deps_digest("train")
+    return hashlib.sha256(f"{params.digest(*SECTIONS)}:{deps}".encode()).hexdigest()[:16]
+
+
+def never_resume_finished(config, out_dir: Path, rank: int):
+    """A finished run (its model.pt written) is trained again from scratch, never "resumed"."""
+    from psta.engine.checkpoint import CHECKPOINT_NAME, MODEL_NAME
+
+    if config.resume != "auto" or not (out_dir / MODEL_NAME).is_file():
+        return config
+    if rank == 0:  # checkpoint first: a rank that no longer sees model.pt finds no checkpoint
+        (out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+        (out_dir / MODEL_NAME).unlink(missing_ok=True)
+    return config.model_copy(update={"resume": "never"})
 
 
 @dataclass
@@ -83,9 +99,10 @@ def prepare(params: Params) -> TrainingInputs:
 
 
 def fit(params: Params, inputs: TrainingInputs, on_epoch_end=None):
-    from psta.engine import train
+    from psta.engine import env_dist_info, train
 
-    config = params.train.model_copy(update={"progress": params.train.progress and bars()})
+    config = never_resume_finished(params.train, inputs.out_dir, env_dist_info().rank)
+    config = config.model_copy(update={"progress": config.progress and bars()})
     return train(config, inputs.model, inputs.train_set, inputs.out_dir, evaluate=inputs.evaluate,
                  on_epoch_end=on_epoch_end)
 
@@ -124,14 +141,17 @@ def write_history_csv(history: list[dict]) -> None:
 
 
 def publish_model(result) -> Path:
-    """Copy the final model to data/models/ (the next stages' input) and drop stale run folders."""
-    target = paths.MODELS / "model.pt"
-    with atomic_path(target) as tmp:
-        shutil.copyfile(result.model_path, tmp)
+    """Publish the final model and its sha256 in data/models/ (the next stages' input, swapped in
+    whole) and drop stale run folders."""
+    from psta.integrity import write_digest
+
+    with atomic_dir(paths.MODELS) as tmp:
+        shutil.copyfile(result.model_path, tmp / MODEL_FILE)
+        write_digest(tmp / MODEL_FILE)
     for stale in TRAIN_STATE.iterdir():
         if stale.is_dir() and stale.resolve() != Path(result.out_dir).resolve():
             shutil.rmtree(stale, ignore_errors=True)
-    return target
+    return paths.MODELS / MODEL_FILE
 
 
 @stage_flow("train")

@@ -6,11 +6,12 @@ stage does the decode + resize (antialias; bicubic, or per frame the interpolati
 uses: the reference resizes training frames bicubically and test frames bilinearly) once and
 stores the frames so that a clip is a handful of positional reads from a few shard files.
 
-Layout of a cache directory (``format_version`` 1)::
+Layout of a cache directory (``format_version`` 2)::
 
     header.json       format, frame size, counts, per-file sizes and sha256, source fingerprint
     tracklets.npy     int64 (tracklet_table_rows, 2): frame_offset, n_frames per tracklet id
                       (row t = tracklet id t; n_frames 0 for ids absent from the index)
+    crc32c.npy        uint32 (num_frames,): CRC-32C of every frame's stored bytes
     frames.npy        "jpeg" only: int64 (num_frames, 3): shard, byte offset, byte length
     shard-00000.bin   the frames, in frames.parquet row order (tracklet-major, temporal)
 
@@ -32,8 +33,10 @@ across DataLoader workers and nothing is memory-mapped, so a loading loop's resi
 stays bounded by its batch, whatever the size of the cache.
 
 Integrity: opening checks the header, the version and every file's size (cheap); the small
-tables are also checksummed at open. :meth:`FrameCache.verify` recomputes every shard's
-sha256. Any mismatch is one :class:`CacheError` naming the file and saying to rebuild.
+tables are also checksummed at open; every frame read is checked against its CRC-32C (the
+CPU's crc32 instruction via google-crc32c: see benchmarks/bench_integrity.py), so damaged bytes are never used whichever
+stage reads them. :meth:`FrameCache.verify` recomputes every shard's sha256. Any mismatch is
+one :class:`CacheError` naming the file and saying to rebuild.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import google_crc32c
 import numpy as np
 import pandas as pd
 import torch
@@ -66,11 +70,12 @@ from psta.errors import UserError
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of "
                         "TorchVision are deprecated", category=DeprecationWarning)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FORMATS = ("raw", "jpeg")
 HEADER_FILE = "header.json"
 TRACKLETS_FILE = "tracklets.npy"
 FRAMES_FILE = "frames.npy"
+CRC_FILE = "crc32c.npy"
 REBUILD_HINT = "rebuild it with the cache stage (`python -m pipeline cache`)"
 _CHUNK = 64          # frames per build work item
 INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
@@ -202,6 +207,7 @@ class _ShardWriter:
         self.frame_bytes = frame_bytes
         self.frames_per_shard = max(1, shard_bytes // frame_bytes)
         self.frames = np.zeros((num_frames, 3), dtype=np.int64) if fmt == "jpeg" else None
+        self.crc = np.zeros(num_frames, dtype=np.uint32)
         self.shards: list[dict] = []
         self._f = None
 
@@ -232,6 +238,7 @@ class _ShardWriter:
             self.frames[row] = (len(self.shards) - 1, cur["bytes"], len(data))
         self._f.write(data)
         self._hash.update(data)
+        self.crc[row] = google_crc32c.value(data)
         cur["bytes"] += len(data)
         cur["num_frames"] += 1
 
@@ -333,7 +340,7 @@ def build_frame_cache(frames_df: pd.DataFrame, root: str | os.PathLike | None,
             writer.abort()
             raise
         shards = writer.close()
-        tables = [_save_table(tmp / TRACKLETS_FILE, table)]
+        tables = [_save_table(tmp / TRACKLETS_FILE, table), _save_table(tmp / CRC_FILE, writer.crc)]
         if fmt == "jpeg":
             tables.append(_save_table(tmp / FRAMES_FILE, writer.frames))
         header = {
@@ -384,7 +391,7 @@ class FrameCache:
     DataLoader workers (file descriptors are opened lazily, per process) and threads.
     """
 
-    def __init__(self, path: str | os.PathLike, verify: bool = False):
+    def __init__(self, path: str | os.PathLike, verify: bool = False, check_reads: bool = True):
         self.path = Path(path)
         header_path = self.path / HEADER_FILE
         if not header_path.is_file():
@@ -420,6 +427,7 @@ class FrameCache:
             tables[t["file"]] = np.load(io.BytesIO(data), allow_pickle=False)
         self._tracklets: np.ndarray = tables[TRACKLETS_FILE]
         self._frames: np.ndarray | None = tables.get(FRAMES_FILE)
+        self._crc: np.ndarray | None = tables[CRC_FILE] if check_reads else None
         if self.format == "raw":
             self.frame_bytes = int(header["frame_bytes"])
             self.frames_per_shard = int(header["frames_per_shard"])
@@ -524,6 +532,12 @@ class FrameCache:
         return CacheError(f"frame cache file {self.path / self._shards[shard]['file']} is "
                           f"shorter than its header says (truncated); {REBUILD_HINT}")
 
+    def _check_crc(self, row: int, data, shard: int) -> None:
+        # google-crc32c takes numpy rows and bytes, not a bytearray (a jpeg frame: a small copy)
+        if google_crc32c.value(data if isinstance(data, np.ndarray) else bytes(data)) != int(self._crc[row]):
+            raise CacheError(f"frame cache file {self.path / self._shards[shard]['file']} is "
+                             f"damaged: frame row {row} fails its CRC-32C check; {REBUILD_HINT}")
+
     # -- reads
     def read(self, tracklet_id: int, frame_indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         """Frames ``frame_indices`` (0-based, within the tracklet) of a tracklet: uint8 T x 3 x H x W."""
@@ -556,6 +570,9 @@ class FrameCache:
             want = (j - i) * fb
             if os.preadv(self._fd(shard), [buf[i:j]], (r[i] % fps) * fb) != want:
                 raise self._short_read(shard)
+            if self._crc is not None:
+                for k in range(i, j):
+                    self._check_crc(r[k], buf[k], shard)
             i = j
         return out
 
@@ -565,10 +582,12 @@ class FrameCache:
         else:
             uniq, inverse = np.unique(rows, return_inverse=True)
         datas = []
-        for shard, offset, length in self._frames[uniq].tolist():
+        for row, (shard, offset, length) in zip(uniq.tolist(), self._frames[uniq].tolist()):
             b = bytearray(length)
             if os.preadv(self._fd(shard), [b], offset) != length:
                 raise self._short_read(shard)
+            if self._crc is not None:
+                self._check_crc(row, b, shard)
             datas.append(torch.frombuffer(b, dtype=torch.uint8))
         try:
             imgs = decode_jpeg(datas, mode=ImageReadMode.RGB) if datas else []

@@ -26,9 +26,16 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from psta.data.cache import FrameCache
-from psta.data.sampling import (MAX_DENSE_CLIPS, all_frames_chunks, begin_interval_indices,
-                                dense_clips, num_dense_clips, random_interval_indices, seed_for,
-                                torch_generator)
+from psta.data.sampling import (
+    MAX_DENSE_CLIPS,
+    all_frames_chunks,
+    begin_interval_indices,
+    dense_clips,
+    num_dense_clips,
+    random_interval_indices,
+    seed_for,
+    torch_generator,
+)
 from psta.data.transforms import build_test_transform, build_train_transform
 
 _COLUMNS = ("tracklet_id", "pid", "label", "camid", "n_frames", "frame_offset")

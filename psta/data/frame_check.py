@@ -3,11 +3,14 @@ non-empty and decodes.
 
 Checks per file, cheapest first: it exists and can be read; it is not empty. A JPEG must start
 with the SOI marker and end with EOI (trailing zero padding allowed), and its header must parse
-up to a frame header (SOF) with a non-zero size before the scan starts; a ``.png`` must start
-with the PNG signature and an IHDR chunk of non-zero size and end with the IEND chunk. With
-``decode=True`` (the default) PIL then decodes the image (a JPEG at 1/8 scale: every
-compressed block is still decoded, only the inverse DCT is cheaper). The work is spread over a
-few threads (file reads, libjpeg and zlib release the GIL).
+up to a frame header (SOF) with a non-zero size before the scan starts; with ``decode=True``
+(the default), libjpeg-turbo (simplejpeg, strict) decodes the whole scan at 1/8 scale (every
+compressed block is still decoded, only the inverse DCT is cheaper) and any decoder warning
+("Corrupt JPEG data: premature end of data segment", ...) fails the frame, as ``jpeginfo -c``
+does: a damaged scan would otherwise decode to grey or garbage rows. A ``.png`` must start with
+the PNG signature and an IHDR chunk of non-zero size and end with the IEND chunk, and PIL
+decodes it. A frame whose size is not the dataset's is counted (or, with ``strict_size``, bad).
+The work is spread over a few threads (file reads, libjpeg and zlib release the GIL).
 """
 from __future__ import annotations
 
@@ -15,15 +18,16 @@ import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
+import simplejpeg
 from PIL import Image
 
 from psta.errors import DatasetError
 
-__all__ = ["check_frames", "check_jpeg_bytes", "check_png_bytes", "ON_BAD_FRAME"]
+__all__ = ["check_frames", "check_jpeg_bytes", "check_png_bytes", "FrameCheck", "ON_BAD_FRAME"]
 
 ON_BAD_FRAME = ("error", "skip")
 
@@ -31,8 +35,32 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}
 
 
+class FrameCheck(NamedTuple):
+    ok: np.ndarray                    # bool per frame
+    bad: list[tuple[str, str]]        # (path, why) of every bad frame
+    off_size: list[tuple[str, str]]   # (path, "W x H") of frames not at the expected size
+
+
 def check_jpeg_bytes(data: bytes, decode: bool = True) -> str | None:
     """Why ``data`` is not a usable JPEG, or ``None`` if it is."""
+    return _inspect(data, decode)[0]
+
+
+def _inspect(data: bytes, decode: bool) -> tuple[str | None, tuple[int, int] | None]:
+    """(why it is bad or None, (height, width) from its frame header when it has one)."""
+    why = _header_problem(data)
+    if isinstance(why, str):
+        return why, None
+    if decode:
+        try:
+            simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=8, strict=True)
+        except ValueError as e:  # strict: libjpeg's warnings are errors too
+            return f"does not decode cleanly (libjpeg: {e})", why
+    return None, why
+
+
+def _header_problem(data: bytes) -> str | tuple[int, int]:
+    """Why the markers are wrong, or the (height, width) of the frame header."""
     if not data:
         return "empty file (0 bytes)"
     if data[:2] != b"\xff\xd8":
@@ -60,19 +88,10 @@ def check_jpeg_bytes(data: bytes, decode: bool = True) -> str | None:
             w = int.from_bytes(data[i + 7:i + 9], "big")
             if h == 0 or w == 0:
                 return f"JPEG frame header gives size {w}x{h}"
-            break
+            return h, w
         if marker in (0xDA, 0xD9):
             return "corrupt JPEG header (no frame header before the scan)"
         i += 2 + seg
-    if decode:
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                # DCT scaling: every entropy-coded block is still decoded, the IDCT is cheaper
-                im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
-                im.load()
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError...
-            return f"does not decode ({type(e).__name__}: {e})"
-    return None
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -81,39 +100,44 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 def check_png_bytes(data: bytes, decode: bool = True) -> str | None:
     """Why ``data`` is not a usable PNG, or ``None`` if it is."""
+    return _inspect_png(data, decode)[0]
+
+
+def _inspect_png(data: bytes, decode: bool) -> tuple[str | None, tuple[int, int] | None]:
+    """(why it is bad or None, (height, width) from its IHDR chunk when it has one)."""
     if not data:
-        return "empty file (0 bytes)"
+        return "empty file (0 bytes)", None
     if not data.startswith(_PNG_SIGNATURE):
-        return "not a PNG (no PNG signature at the start)"
+        return "not a PNG (no PNG signature at the start)", None
     if data[12:16] != b"IHDR" or len(data) < 33:
-        return "corrupt PNG header (no IHDR chunk first)"
+        return "corrupt PNG header (no IHDR chunk first)", None
     w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if w == 0 or h == 0:
-        return f"PNG header gives size {w}x{h}"
+        return f"PNG header gives size {w}x{h}", None
     if not data.endswith(_PNG_END):
-        return "truncated PNG (no IEND chunk at the end)"
+        return "truncated PNG (no IEND chunk at the end)", None
     if decode:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error...
-            return f"does not decode ({type(e).__name__}: {e})"
-    return None
+            return f"does not decode ({type(e).__name__}: {e})", (h, w)
+    return None, (h, w)
 
 
-def _check_file(full: str, decode: bool) -> str | None:
+def _check_file(full: str, decode: bool) -> tuple[str | None, tuple[int, int] | None]:
     try:
         with open(full, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return "missing file"
+        return "missing file", None
     except IsADirectoryError:
-        return "is a directory, not a file"
+        return "is a directory, not a file", None
     except OSError as e:
-        return f"unreadable ({e.strerror or e})"
+        return f"unreadable ({e.strerror or e})", None
     if full.lower().endswith(".png"):
-        return check_png_bytes(data, decode)
-    return check_jpeg_bytes(data, decode)
+        return _inspect_png(data, decode)
+    return _inspect(data, decode)
 
 
 def _as_list(paths: pa.Array | pa.ChunkedArray | Sequence[str] | Iterable[str]) -> list[str]:
@@ -126,7 +150,8 @@ def _as_list(paths: pa.Array | pa.ChunkedArray | Sequence[str] | Iterable[str]) 
 
 def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
                  decode: bool = True, workers: int | None = None,
-                 chunk: int = 4096) -> tuple[np.ndarray, list[tuple[str, str]]]:
+                 chunk: int = 4096, frame_size: tuple[int, int] | None = None,
+                 strict_size: bool = False) -> FrameCheck:
     """Validate the frame files (JPEG, or PNG by their ``.png`` name) ``root/p`` for every ``p`` in ``paths``.
 
     Args:
@@ -135,12 +160,16 @@ def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
         on_bad_frame: ``"error"`` raises one :class:`DatasetError` at the first bad frame
             (naming it and the ``data.on_bad_frame: skip`` fix); ``"skip"`` marks bad frames
             in the mask and lists them.
-        decode: also decode every image with PIL (slower, catches corrupt scan data).
+        decode: also decode every image, decoder warnings counting as errors (slower,
+            catches corrupt scan data).
         workers: threads (default ``min(4, cpu count)``).
+        frame_size: the dataset's ``(height, width)`` (MARS: 256 x 128), or None (any size).
+        strict_size: a frame of another size is bad; else it is only listed in ``off_size``.
 
     Returns:
-        ``(ok_mask, bad)``: a bool array aligned with ``paths`` and ``[(path, reason), ...]``
-        for every bad frame, in path order.
+        :class:`FrameCheck` ``(ok, bad, off_size)``: a bool array aligned with ``paths``,
+        ``[(path, reason), ...]`` for every bad frame and ``[(path, "W x H"), ...]`` for every
+        good frame of another size, in path order.
     """
     if on_bad_frame not in ON_BAD_FRAME:
         raise ValueError(f"data.on_bad_frame must be one of {ON_BAD_FRAME}, got {on_bad_frame!r}")
@@ -149,10 +178,11 @@ def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
     n = len(plist)
     ok = np.ones(n, bool)
     bad: list[tuple[str, str]] = []
+    off_size: list[tuple[str, str]] = []
     workers = workers or min(4, os.cpu_count() or 1)
     prefix = str(root) + os.sep
 
-    def run(pool, start: int) -> list[str | None]:
+    def run(pool, start: int) -> list[tuple[str | None, tuple[int, int] | None]]:
         part = [prefix + p for p in plist[start:start + chunk]]
         if pool is None:
             return [_check_file(f, decode) for f in part]
@@ -161,10 +191,17 @@ def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
     pool = ThreadPoolExecutor(workers) if workers > 1 and n > 256 else None
     try:
         for start in range(0, n, chunk):
-            for k, why in enumerate(run(pool, start)):
+            for k, (why, size) in enumerate(run(pool, start)):
+                i = start + k
+                if why is None and frame_size is not None and size is not None and tuple(size) != tuple(frame_size):
+                    found = f"{size[1]} x {size[0]}"
+                    if not strict_size:
+                        off_size.append((plist[i], found))
+                        continue
+                    why = (f"it is {found} pixels, not {frame_size[1]} x {frame_size[0]} as the "
+                           f"dataset's frames are (data.strict_frame_size: true)")
                 if why is None:
                     continue
-                i = start + k
                 if on_bad_frame == "error":
                     raise DatasetError(
                         f"bad frame {plist[i]} (under {root}): {why}. Restore the file from the "
@@ -175,4 +212,4 @@ def check_frames(root: str | os.PathLike, paths, on_bad_frame: str = "error", *,
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return ok, bad
+    return FrameCheck(ok, bad, off_size)

@@ -153,7 +153,21 @@ def _frames_of(tracks: np.ndarray, n_lines: int, rel_mat: str, rel_names: str) -
     first = np.zeros(len(length), np.int64)
     np.cumsum(length[:-1], out=first[1:])
     line = np.arange(int(length.sum()), dtype=np.int64) + np.repeat(start - 1 - first, length)
+    _refuse_overlaps(start, end, rel_mat, rel_names)
     return line, length
+
+
+def _refuse_overlaps(start: np.ndarray, end: np.ndarray, rel_mat: str, rel_names: str) -> None:
+    """Two rows sharing a line would put one frame in two tracklets."""
+    order = np.argsort(start, kind="stable")
+    clash = np.flatnonzero(start[order[1:]] <= end[order[:-1]])
+    if len(clash):
+        a, b = sorted((int(order[clash[0]]), int(order[clash[0] + 1])))
+        raise DatasetError(
+            f"rows {a + 1} and {b + 1} of {rel_mat} (1-based) overlap: lines {start[a]}..{end[a]} "
+            f"and {start[b]}..{end[b]} of {rel_names} share frames, which would put one frame in "
+            f"two tracklets ({len(clash)} overlapping pair(s)). Restore {rel_mat} and {rel_names} "
+            f"from the same MARS release")
 
 
 def _check_frames_consistent(lines: NameLines, line: np.ndarray, length: np.ndarray, tracks: np.ndarray,
@@ -184,6 +198,17 @@ def _check_frames_consistent(lines: NameLines, line: np.ndarray, length: np.ndar
             f"differs from the first frame {lines.text(int(line[first[r]]))!r}. A tracklet holds "
             f"one identity seen by one camera; the row range is wrong, restore {rel_mat} and "
             f"{rel_names} from the same MARS release")
+    # ... and one tracklet number (the T field): a row spanning T0001 and T0002 merges two
+    same = (mat[:, 6:11] == mat[first[row_of], 6:11]).all(axis=1)
+    if not same.all():
+        i = int(np.flatnonzero(~same)[0])
+        r = int(row_of[i])
+        raise DatasetError(
+            f"row {r + 1} of {rel_mat} (lines {tracks[r, 0]}..{tracks[r, 1]} of {rel_names}) spans "
+            f"two tracklets: frame {lines.text(int(line[i]))!r} (line {line[i] + 1}) has another "
+            f"tracklet number than the first frame {lines.text(int(line[first[r]]))!r}. A row is "
+            f"one tracklet; the row range is wrong, restore {rel_mat} and {rel_names} from the "
+            f"same MARS release")
     # the row's pid / camera must be those its frames are named with
     head = mat[first]
     agree = (head[:, 0:4] == identity_field(tracks[:, 2])).all(1) & (head[:, 5].astype(np.int64) - 48 == tracks[:, 3])

@@ -93,7 +93,7 @@ def read_mot_boxes(path: str | os.PathLike, display: str | None = None) -> MotBo
             continue
         parts = [p for p in _SPLIT.split(s.strip(", \t")) if p]
 
-        def bad(why: str):
+        def bad(why: str, no: int = no, raw: str = raw):
             return DatasetError(f"box file {name}, line {no}: {why} in {raw.strip()!r}. {_MOT_FORMAT}; "
                                 f"fix or delete that line")
 

@@ -512,7 +512,9 @@ def generate_mars(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
             qcams = set(rng.choice(cams, nq, replace=False).tolist()) if nq else set()
             for c, m in zip(cams, per):
                 for j in range(int(m)):
-                    pid.append(int(p)); cam.append(int(c)); query.append(j == 0 and int(c) in qcams)
+                    pid.append(int(p))
+                    cam.append(int(c))
+                    query.append(j == 0 and int(c) in qcams)
         return np.array(pid, np.int64), np.array(cam, np.int64), np.array(query, bool)
 
     tr_pid, tr_cam, _ = build(train_pids, False)
@@ -615,7 +617,7 @@ def generate_duke(root: str | os.PathLike, cfg: SyntheticConfig | None = None, *
     painter = Painter(cfg, ncam, stream=21)
     first: dict[tuple[int, int], int] = {}      # (pid, tracklet) -> job; a query and its gallery copy share one
     jobs = []
-    for split, pid, tid, cam, n, f0, x0, old in rows:
+    for _split, pid, tid, cam, n, _f0, _x0, _old in rows:
         if (pid, tid) not in first:
             first[(pid, tid)] = len(jobs)
             jobs.append((pid, cam - 1, n, len(jobs), False))

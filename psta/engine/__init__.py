@@ -14,25 +14,22 @@ from .checkpoint import (
     TRAIN_STATE_FORMAT,
     capture_rng_state,
     find_resume_checkpoint,
-    load_final_model,
     load_training_state,
     restore_rng_state,
-    save_final_model,
     save_training_state,
-    unwrap_model,
 )
 from .config import SELECTIONS, TrainConfig
 from .distributed import DistInfo, env_dist_info, init_distributed
 from .loader import ResumableBatchSampler
-from .runtime import resolve_autocast_dtype, resolve_device, seed_everything
+from .runtime import resolve_device, seed_everything
 from .trainer import HISTORY_NAME, TrainResult, build_criterion, epoch_summary, train
 from .validation import HeldoutEvaluator, split_validation
 
 __all__ = [
     "TrainConfig", "SELECTIONS", "TrainResult", "train", "HeldoutEvaluator", "split_validation",
-    "build_criterion", "epoch_summary", "forward_in_groups", "resolve_device", "resolve_autocast_dtype",
+    "build_criterion", "epoch_summary", "forward_in_groups", "resolve_device",
     "seed_everything", "ResumableBatchSampler", "DistInfo", "env_dist_info", "init_distributed",
     "CHECKPOINT_NAME", "MODEL_NAME", "HISTORY_NAME", "TRAIN_STATE_FORMAT",
     "save_training_state", "load_training_state", "find_resume_checkpoint",
-    "save_final_model", "load_final_model", "capture_rng_state", "restore_rng_state", "unwrap_model",
+    "capture_rng_state", "restore_rng_state",
 ]

@@ -1,6 +1,6 @@
-"""Training-state checkpoints (resumable, mid-epoch) and the final ``model.pt``.
+"""Training-state checkpoints (resumable, mid-epoch); the names of the files in a run folder.
 
-Both files hold only tensors, numbers, strings, bools, ``None`` and lists / tuples / dicts of
+Both files of a run folder hold only tensors, numbers, strings, bools, ``None`` and lists / tuples / dicts of
 them, so both load with ``torch.load(path, weights_only=True)``: no pickled Python objects.
 
 Training state, ``<out_dir>/checkpoint.pt`` (written atomically, at the end of every epoch and
@@ -25,11 +25,10 @@ every ``checkpoint_every_steps`` optimiser steps)::
       "best_model": {name: tensor} or None,              # ... and its weights
     }
 
-Final model, ``<out_dir>/model.pt``: the model package's checkpoint format
-(``{"format": "psta-reid/model-v1", "config": build_model kwargs, "state_dict": ...}``, readable by
-``psta.model.checkpoints.load_checkpoint``) plus the flat metadata keys ``arch``, ``num_classes``,
-``seq_len``, ``height``, ``width``, ``backbone``, ``feature_dim``, and ``selection``:
-``{"rule": "last" | "best_val", "epoch": 0-based epoch of the weights[, "val_rank1", "val_mAP"]}``.
+Final model, ``<out_dir>/model.pt``: written and read only by :mod:`psta.model.checkpoints`
+(``save_checkpoint`` / ``read_checkpoint`` / ``load_checkpoint``), with the training's
+``epochs``, ``train_config`` and ``selection``: ``{"rule": "last" | "best_val", "epoch":
+0-based epoch of the weights[, "val_rank1", "val_mAP"]}``.
 """
 from __future__ import annotations
 
@@ -40,21 +39,19 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
 from psta.atomic import atomic_path
+from psta.model.state_dict import to_cpu
 
 __all__ = [
-    "TRAIN_STATE_FORMAT", "MODEL_FORMAT", "CHECKPOINT_NAME", "MODEL_NAME",
+    "TRAIN_STATE_FORMAT", "CHECKPOINT_NAME", "MODEL_NAME",
     "capture_rng_state", "restore_rng_state", "save_training_state", "load_training_state",
-    "find_resume_checkpoint", "unwrap_model", "model_state_dict", "save_final_model", "load_final_model",
+    "find_resume_checkpoint",
 ]
 
 TRAIN_STATE_FORMAT = "psta-reid/train-state-v1"
-MODEL_FORMAT = "psta-reid/model-v1"  # the same as psta.model.checkpoints.CHECKPOINT_FORMAT
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
-META_KEYS = ("arch", "num_classes", "seq_len", "height", "width", "backbone", "feature_dim")
 
 
 # ----------------------------------------------------------------------------- RNG states
@@ -97,39 +94,10 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in cuda[:n]])
 
 
-# ----------------------------------------------------------------------------- model helpers
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of the unwrapped model's state dict (contiguous, any memory format)."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in unwrap_model(model).state_dict().items()}
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
-    return obj
-
-
 # ----------------------------------------------------------------------------- training state
 def save_training_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     """Atomically write a training-state dict (see the module docstring); tensors moved to CPU."""
-    payload = {"format": TRAIN_STATE_FORMAT, **_to_cpu(dict(state))}
+    payload = {"format": TRAIN_STATE_FORMAT, **to_cpu(dict(state))}
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -167,40 +135,3 @@ def find_resume_checkpoint(resume: str | os.PathLike | None, out_dir: str | os.P
         raise FileNotFoundError(f"resume={str(resume)!r}: no checkpoint at '{p}'; use resume='auto' "
                                 f"(continue from {Path(out_dir) / CHECKPOINT_NAME} if present) or 'never'")
     return p
-
-
-# ----------------------------------------------------------------------------- final model
-def save_final_model(path: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any] | None = None,
-                     **extra: Any) -> Path:
-    """Atomically write ``model.pt``: the model-package checkpoint format + flat arch metadata.
-
-    ``meta`` supplies or overrides ``arch, num_classes, seq_len, height, width, backbone,
-    feature_dim`` (taken from ``model.config`` / ``model.feature_dim`` when the model has them).
-    """
-    inner = unwrap_model(model)
-    config = dict(getattr(inner, "config", None) or {})
-    meta = dict(meta or {})
-    info: dict[str, Any] = {}
-    for key in META_KEYS:
-        if key in meta:
-            info[key] = meta[key]
-        elif key in config:
-            info[key] = config[key]
-        elif key == "feature_dim" and hasattr(inner, "feature_dim"):
-            info[key] = int(inner.feature_dim)
-    if not config:
-        config = {k: v for k, v in info.items() if k != "feature_dim"}
-    for key in ("format", "config", "state_dict"):
-        if key in extra:
-            raise ValueError(f"extra key {key!r} is reserved")
-    payload = {"format": MODEL_FORMAT, "config": config, "state_dict": model_state_dict(inner),
-               **info, **_to_cpu(extra)}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
-
-
-def load_final_model(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw ``model.pt`` dict (``weights_only=True``); rebuild with ``psta.model.checkpoints.load_checkpoint``."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)

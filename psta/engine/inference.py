@@ -12,6 +12,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from psta.data.datasets import TestChunks, TestClips
+from psta.model.precision import autocast_context, resolve_precision
+
+from .runtime import resolve_device
+
 SAMPLINGS = ("begin", "dense", "all")
 
 
@@ -50,14 +55,10 @@ def extract_features(
     clips whose start is drawn from ``(seed, tracklet_id)``. Progress bars appear only when
     ``progress`` is set and stderr is a terminal.
     """
-    from psta.data.datasets import TestChunks, TestClips
-    from psta.engine.runtime import resolve_autocast_dtype, resolve_device
-    from psta.model.precision import autocast_context
-
     if sampling not in SAMPLINGS:
         raise ValueError(f"evaluate.sampling={sampling!r}: choose one of {', '.join(SAMPLINGS)}")
     dev = resolve_device(device)
-    dtype = resolve_autocast_dtype(precision, dev)
+    dtype = resolve_precision(precision, dev)
     model = model.to(dev).eval()
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

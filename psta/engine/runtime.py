@@ -1,4 +1,5 @@
-"""Where and how training runs: device, autocast dtype, seeds, determinism flags."""
+"""Where and how training runs: device, seeds, determinism flags (the autocast dtype:
+psta.model.precision.resolve_precision)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,11 +10,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from psta.model.precision import PRECISIONS, resolve_precision
-
 from .distributed import DistInfo
 
-__all__ = ["resolve_device", "resolve_autocast_dtype", "seed_everything", "seed_worker",
+__all__ = ["resolve_device", "seed_everything", "seed_worker",
            "use_channels_last", "determinism"]
 
 
@@ -29,16 +28,6 @@ def resolve_device(device: str = "auto", dist_info: DistInfo | None = None) -> t
         if dev.index is None:
             dev = torch.device("cuda", local)
     return dev
-
-
-def resolve_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for training (None = fp32); fp16 needs CUDA (it uses a GradScaler)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision='fp16' needs a CUDA device (fp16 training uses a GradScaler); "
-                         "on the CPU use precision='bf16' or 'fp32'")
-    return resolve_precision(precision, device)
 
 
 def seed_everything(seed: int) -> None:

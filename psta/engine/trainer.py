@@ -50,7 +50,9 @@ from tqdm.auto import tqdm
 
 from psta.atomic import write_text_atomic
 from psta.losses import PSTALoss
-from psta.model.precision import autocast_context
+from psta.model.checkpoints import save_checkpoint
+from psta.model.precision import autocast_context, resolve_precision
+from psta.model.state_dict import model_state_dict, unwrap_model
 from psta.solver import WarmupMultiStepLR, build_optimizer
 
 from .bn_groups import forward_in_groups
@@ -60,11 +62,8 @@ from .checkpoint import (
     capture_rng_state,
     find_resume_checkpoint,
     load_training_state,
-    model_state_dict,
     restore_rng_state,
-    save_final_model,
     save_training_state,
-    unwrap_model,
 )
 from .config import RESUME_FREE_KEYS, TrainConfig
 from .distributed import (
@@ -77,7 +76,7 @@ from .distributed import (
     init_distributed,
 )
 from .loader import SamplerFactory, TrainLoader, build_train_loader, dataset_labels
-from .runtime import determinism, resolve_autocast_dtype, resolve_device, seed_everything, use_channels_last
+from .runtime import determinism, resolve_device, seed_everything, use_channels_last
 
 log = logging.getLogger("psta.engine")
 
@@ -178,7 +177,7 @@ def train(
     out_dir = Path(out_dir)
     probe = resolve_device(config.device) if config.device != "auto" else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolve_autocast_dtype(config.precision, probe)  # fail fast (fp16 on CPU) before any set-up
+    resolve_precision(config.precision, probe)  # fail fast (fp16 on CPU) before any set-up
     labels = dataset_labels(train_data, labels)
 
     created_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
@@ -238,7 +237,7 @@ def build_run(config: TrainConfig, model: nn.Module, dataset: Dataset, labels: n
     if per_rank % config.bn_groups:
         raise ValueError(f"bn_groups={config.bn_groups} must divide the {per_rank} clips each rank "
                          f"trains on per step (batch_size {config.batch_size} / {world} rank(s))")
-    amp_dtype = resolve_autocast_dtype(config.precision, device)
+    amp_dtype = resolve_precision(config.precision, device)
     data = build_train_loader(config, dataset, labels, dist_info, device, sampler_factory)
     model.to(device)
     if use_channels_last(config.channels_last, device):
@@ -484,8 +483,8 @@ def save_model(run: Run) -> tuple[Path | None, int | None]:
     selection["epoch"] = selected
     path = None
     if run.main:
-        path = save_final_model(run.out_dir / MODEL_NAME, run.model, run.meta, epochs=int(c.epochs),
-                                train_config=c.to_dict(), selection=selection)
+        path = save_checkpoint(run.out_dir / MODEL_NAME, run.model, run.meta, epochs=int(c.epochs),
+                               train_config=c.to_dict(), selection=selection)
         if c.select == "best_val" and selected is not None:
             log.info("model.pt holds epoch %d (best held-out rank-1 %.1f%%)", selected + 1,
                      100 * selection.get("val_rank1", float("nan")))

@@ -14,9 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from psta.evaluation import rank_metrics
-from psta.model.precision import autocast_context
-
-from .runtime import resolve_autocast_dtype
+from psta.model.precision import autocast_context, resolve_precision
 
 log = logging.getLogger("psta.engine")
 
@@ -73,7 +71,7 @@ class HeldoutEvaluator:
     @torch.no_grad()
     def embed(self, model: nn.Module, indices: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         device = next(model.parameters()).device
-        dtype = resolve_autocast_dtype(self.precision, device)
+        dtype = resolve_precision(self.precision, device)
         loader = DataLoader(Subset(self.dataset, [int(i) for i in indices]),
                             batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
         feats, pids, camids = [], [], []

@@ -30,6 +30,7 @@ from torchvision.models import (
 
 from psta.errors import UserError
 
+from .state_dict import strict_load_state_dict, unwrap_state_dict
 from .weight_init import weights_init_kaiming
 
 _BUILDERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
@@ -127,8 +128,6 @@ class ResNetBackbone(nn.Module):
 
 def _unwrap_backbone_state(obj, source: str) -> dict[str, torch.Tensor]:
     """A backbone state dict from a plain / DataParallel / PSTA (``base.``) one, classifier dropped."""
-    from .checkpoints import unwrap_state_dict
-
     out = {}
     for k, v in unwrap_state_dict(obj, source).items():
         k = k.removeprefix("base.")
@@ -139,8 +138,6 @@ def _unwrap_backbone_state(obj, source: str) -> dict[str, torch.Tensor]:
 
 def load_backbone_state(backbone: ResNetBackbone, state: dict, source: str) -> None:
     """Strictly load a plain backbone state dict (fc.* ignored) with a clear error on mismatch."""
-    from .checkpoints import strict_load_state_dict
-
     strict_load_state_dict(backbone, _unwrap_backbone_state(state, source), source=source)
 
 

@@ -1,7 +1,7 @@
 """Helpers of tests/test_engine.py: a tiny re-id model, an in-memory clip dataset, and a training
 entry point run as a subprocess (plain ``python`` or ``torchrun``) by the DDP and kill/resume tests.
 
-    python tests/_train_script.py --out DIR [--model tiny|psta|tap] [--epochs 2] [--steps 4] ...
+    python tests/helpers/train_script.py --out DIR [--model tiny|psta|tap] [--epochs 2] [--steps 4] ...
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
 
         logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     from psta.engine import TrainConfig, train
-    from psta.engine.checkpoint import model_state_dict
+    from psta.model.state_dict import model_state_dict
 
     out = Path(args.out)
     torch.manual_seed(args.seed)

@@ -1,0 +1,1 @@
+"""Code the tests share: the loop oracle of PSTA and the training script torchrun runs."""
