@@ -253,7 +253,7 @@ def test_tracking_server_holds_verification_datasets_and_report_images(project, 
         (entry,) = run["inputs"]["dataset_inputs"]
         dataset = entry["dataset"]
         assert dataset["name"] == "synthetic-mars" and len(dataset["digest"]) == 12
-        assert json.loads(dataset["source"])["uri"] == str((project.path / "data/raw/MARS").resolve())
+        assert json.loads(dataset["source"])["uri"] == str((project.path / "data/generated/mars").resolve())
         assert {t["key"]: t["value"] for t in entry["tags"]}["mlflow.data.context"] == context
         assert digest in (None, dataset["digest"])   # both runs saw the same index
         digest = dataset["digest"]
