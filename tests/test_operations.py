@@ -70,7 +70,7 @@ def ops(tmp_path_factory) -> Ops:
     (project.path / "params.yaml").write_text(yaml.safe_dump(params))
     # the team's shared repository: a bare remote, never the repository under test
     git("init", "-q", "--bare", str(project.origin), cwd=project.root)
-    git("remote", "set-url", "origin", str(project.origin), cwd=project.path)
+    git("remote", "add", "origin", str(project.origin), cwd=project.path)
     git("add", "-A", cwd=project.path)
     git("commit", "-q", "-m", "tiny project", cwd=project.path)
     git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=project.path)

@@ -60,8 +60,10 @@ def git(*args: str, cwd: Path):
 
 
 def make_project(dest: Path) -> None:
-    """`git clone` of the repository, the working tree's sources on top, tiny params."""
+    """`git clone` of the repository, the working tree's sources on top, tiny params. The clone
+    has no `origin`: a retrain pushes its git branch there, never into the repository under test."""
     git("clone", "-q", str(REPO), str(dest), cwd=dest.parent)
+    git("remote", "remove", "origin", cwd=dest)
     for name in SOURCES:
         src, dst = REPO / name, dest / name
         if src.is_dir():
