@@ -127,6 +127,29 @@ def _split_counts(pid: np.ndarray, n_frames: np.ndarray) -> dict:
             "frames": int(n_frames.sum())}
 
 
+def _split_codes(t: pd.DataFrame) -> np.ndarray:
+    """Each tracklet's split as its position in ALL_SPLITS; an unknown split name is refused."""
+    split_s = t["split"].to_numpy(dtype=object)
+    unknown = ~np.isin(split_s, ALL_SPLITS)
+    if unknown.any():
+        raise DatasetError(f"tracklet {t['name'].iat[int(np.flatnonzero(unknown)[0])]} has split "
+                           f"{split_s[unknown][0]!r}; expected one of {ALL_SPLITS}")
+    return np.select([split_s == s for s in ALL_SPLITS], range(len(ALL_SPLITS)), -1).astype(np.int64)
+
+
+def _require_every_split(code: np.ndarray, kept: np.ndarray, junk: np.ndarray, emptied: np.ndarray,
+                         root) -> None:
+    """Every split of SPLITS keeps a tracklet, else one error counting what was dropped and why."""
+    for s in SPLITS:
+        if not (code[kept] == _SPLIT_CODE[s]).any():
+            in_split = code == _SPLIT_CODE[s]
+            raise DatasetError(
+                f"split '{s}' is empty after indexing ({int(in_split.sum())} tracklets read, "
+                f"{int((junk & in_split).sum())} junk, "
+                f"{int((emptied & in_split).sum())} left without a good frame); "
+                f"check the dataset at {root}")
+
+
 def build_index(raw: RawTracklets, ok_mask: np.ndarray | None = None) -> TrackletIndex:
     """Build the index from reader output.
 
@@ -144,12 +167,7 @@ def build_index(raw: RawTracklets, ok_mask: np.ndarray | None = None) -> Trackle
     if ok.shape != (n_fr,):
         raise DatasetError(f"ok_mask has shape {ok.shape}; expected ({n_fr},), one flag per frame")
 
-    split_s = t["split"].to_numpy(dtype=object)
-    unknown = ~np.isin(split_s, ALL_SPLITS)
-    if unknown.any():
-        raise DatasetError(f"tracklet {t['name'].iat[int(np.flatnonzero(unknown)[0])]} has split "
-                           f"{split_s[unknown][0]!r}; expected one of {ALL_SPLITS}")
-    code = np.select([split_s == s for s in ALL_SPLITS], range(len(ALL_SPLITS)), -1).astype(np.int64)
+    code = _split_codes(t)
     pid = t["pid"].to_numpy(np.int64)
     junk = t["junk"].to_numpy(bool)
     dis = t["distractor"].to_numpy(bool)
@@ -164,14 +182,7 @@ def build_index(raw: RawTracklets, ok_mask: np.ndarray | None = None) -> Trackle
 
     sel = np.flatnonzero(keep_t)
     sel = sel[np.argsort(code[sel], kind="stable")]
-    for s in SPLITS:
-        if not (code[sel] == _SPLIT_CODE[s]).any():
-            total = int((code == _SPLIT_CODE[s]).sum())
-            raise DatasetError(
-                f"split '{s}' is empty after indexing ({total} tracklets read, "
-                f"{int((junk & (code == _SPLIT_CODE[s])).sum())} junk, "
-                f"{int((emptied & (code == _SPLIT_CODE[s])).sum())} left without a good frame); "
-                f"check the dataset at {raw.root}")
+    _require_every_split(code, sel, junk, emptied, raw.root)
     m = len(sel)
     new_id = np.full(n_tr, -1, np.int64)
     new_id[sel] = np.arange(m)
