@@ -65,6 +65,8 @@ def _no_telemetry() -> None:
     for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
                        ("MLFLOW_ENABLE_TELEMETRY", "false")):
         os.environ.setdefault(key, value)
+    if not sys.stderr.isatty():  # MLflow's artifact bars, like ours, only on a terminal (pipeline.stage.bars)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _search(argv: list[str]) -> int:

@@ -32,7 +32,7 @@ OPS = {
               "val_fraction": 0.25, "eval_every": 1, "progress": True},
     "evaluate": {"num_workers": 0, "untrained_baseline": False},
 }
-STAGES = ("ingest", "index", "cache", "train", "evaluate", "report")
+STAGES = ("ingest", "index", "cache", "train", "evaluate", "gallery", "report")
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists() or not CHROMEDRIVER.exists(),

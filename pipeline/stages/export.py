@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import logging
 
-from prefect import flow
-
 from pipeline import paths
 from pipeline.model_info import model_sha256, registered_version
 from pipeline.params import load_params
-from pipeline.stage import log_files, log_numbers, stage_run, stage_task
+from pipeline.stage import log_files, log_numbers, stage_flow, stage_run, stage_task
 
 MODEL = paths.MODELS / "model.pt"
 ONNX = paths.EXPORT / "psta.onnx"
@@ -61,7 +59,7 @@ def attach_to_version(report: dict) -> str | None:
     return found
 
 
-@flow(name="export")
+@stage_flow("export")
 def export(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     with stage_run("export", params, ()):

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from prefect import flow
 
 from pipeline import paths
 from pipeline.model_info import model_sha256, read_threshold, registered_version
 from pipeline.params import Params, load_params
-from pipeline.stage import log_files, log_numbers, stage_run, stage_task
+from pipeline.stage import log_files, log_numbers, stage_flow, stage_run, stage_task
 from pipeline.stages.evaluate import METRICS_JSON, sampling_for
 from psta.data.registry import get_dataset, get_protocol
 
@@ -115,7 +114,7 @@ def write(params: Params, index, dataset: str, splits, rows: pd.DataFrame, embed
     return write_gallery(paths.GALLERY, embeddings, table, frames, params.gallery.index_config(), header)
 
 
-@flow(name="gallery")
+@stage_flow("gallery")
 def gallery(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     with stage_run("gallery", params, ("gallery",)):  # + evaluate, model (dvc.yaml)
