@@ -279,6 +279,16 @@ def _evaluate(blocks: Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarr
     return out
 
 
+def query_gallery_features(q_feats: Any, g_feats: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The query and gallery feature matrices, checked, with the same number of columns."""
+    qf = as_features(q_feats, "query features (q_feats)")
+    gf = as_features(g_feats, "gallery features (g_feats)")
+    if qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"feature dimensions differ: q_feats has {qf.shape[1]} columns, "
+                         f"g_feats {gf.shape[1]}; embed both with the same model")
+    return qf, gf
+
+
 def _check_ids(q_pids, q_camids, g_pids, g_camids, nq: int, ng: int, what: str):
     if what == "dist":
         qs, qu = "dist rows (num_query)", "row of dist (dist is num_query x num_gallery)"
@@ -355,11 +365,7 @@ def rank_metrics_from_features(q_feats: Any, g_feats: Any, q_pids: Any, q_camids
     computing the matrix first. Large chunks keep the matrix product efficient; the ranking
     work inside a chunk is done in cache-sized sub-blocks anyway."""
     _check_metric(metric)
-    qf = as_features(q_feats, "query features (q_feats)")
-    gf = as_features(g_feats, "gallery features (g_feats)")
-    if qf.shape[1] != gf.shape[1]:
-        raise ValueError(f"feature dimensions differ: q_feats has {qf.shape[1]} columns, "
-                         f"g_feats {gf.shape[1]}; embed both with the same model")
+    qf, gf = query_gallery_features(q_feats, g_feats)
     nq, ng = qf.shape[0], gf.shape[0]
     qp, qc, gp, gc = _check_ids(q_pids, q_camids, g_pids, g_camids, nq, ng, "features")
     chunk_size = check_positive_int(chunk_size, "chunk_size")

@@ -36,9 +36,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ._validate import as_features, check_positive_int
+from ._validate import check_positive_int
 from .distance import DistanceRows, _check_metric, as_distance_matrix, iter_distance_blocks
-from .metrics import GalleryIndex, _check_block_finite, _check_ids
+from .metrics import GalleryIndex, _check_block_finite, _check_ids, query_gallery_features
 
 __all__ = ["FPR_POINTS", "verification_metrics", "verification_metrics_from_features"]
 
@@ -210,11 +210,7 @@ def verification_metrics_from_features(q_feats: Any, g_feats: Any, q_pids: Any, 
     """:func:`verification_metrics` on distances computed one chunk of queries at a time (twice:
     one per pass) and never stored; the same result as computing the matrix first."""
     _check_metric(metric)
-    qf = as_features(q_feats, "query features (q_feats)")
-    gf = as_features(g_feats, "gallery features (g_feats)")
-    if qf.shape[1] != gf.shape[1]:
-        raise ValueError(f"feature dimensions differ: q_feats has {qf.shape[1]} columns, "
-                         f"g_feats {gf.shape[1]}; embed both with the same model")
+    qf, gf = query_gallery_features(q_feats, g_feats)
     ids = _check_ids(q_pids, q_camids, g_pids, g_camids, qf.shape[0], gf.shape[0], "features")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     dtype = np.float64 if (qf.dtype == np.float64 and gf.dtype == np.float64) else np.float32
