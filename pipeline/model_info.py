@@ -2,18 +2,18 @@
 version, and the calibrated same-person threshold of its evaluation."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from psta.integrity import file_sha256
+
 SHA_TAG = "model_sha256"  # model version tag: the checkpoint's sha256 (data/models/model.pt)
 
 
 def model_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return file_sha256(path)  # the digest model.pt.sha256 holds
 
 
 def verification_threshold(metrics: dict[str, Any], protocol: str) -> float | None:
