@@ -16,6 +16,7 @@ import torch
 from psta.search.gallery import Gallery, GalleryError, gallery_tables, write_gallery
 from psta.search.html import render_search_html
 from psta.search.queries import QueryError, allowed_rows, camera_ids, folder_query
+from psta.search import vectors
 from psta.search.vectors import IndexConfig, build_index, search
 
 
@@ -51,6 +52,56 @@ def test_flat_index_is_the_exact_search_and_obeys_the_allowed_rows():
     few[[3, 400]] = True
     sims, rows = search(index, config, q[:1], 5, few)
     assert sorted(rows[0, :2]) == [3, 400] and (rows[0, 2:] == -1).all() and np.isinf(sims[0, 2:]).all()
+
+
+def faiss_exact(index, q: np.ndarray, k: int, allowed: np.ndarray | None = None):
+    """FAISS's own exact search of a flat index (its selector for the allowed rows)."""
+    import faiss
+
+    if allowed is None:
+        sims, rows = index.search(q, k)
+    else:
+        bitmap = np.packbits(allowed, bitorder="little")
+        sims, rows = index.search(q, k, params=faiss.SearchParameters(sel=faiss.IDSelectorBitmap(bitmap)))
+    return np.where(rows >= 0, sims, -np.inf), rows
+
+
+def assert_same_answer(ours, theirs):
+    np.testing.assert_array_equal(ours[1], theirs[1])
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("n_queries", [1, 7, vectors.BLAS_MAX_QUERIES, vectors.BLAS_MAX_QUERIES + 1, 150])
+def test_flat_search_answers_as_faiss_exact_search_with_and_without_filters(n_queries):
+    x = clustered(3000, dim=64, per_id=10, seed=1)
+    q = clustered(n_queries * 5, dim=64, per_id=5, seed=2)[::5]
+    config = IndexConfig(index="flat")
+    index = build_index(x, config)
+    view = vectors.stored_vectors(index)  # the index's own memory, not a copy
+    assert not view.flags.owndata and view.shape == x.shape and np.array_equal(view, x)
+    assert_same_answer(search(index, config, q, 10), faiss_exact(index, q, 10))
+    cameras = np.arange(len(x)) % 6 == 2  # --cameras: a sixth of the rows
+    assert_same_answer(search(index, config, q, 10, cameras), faiss_exact(index, q, 10, cameras))
+    few = np.zeros(len(x), bool)
+    few[[5, 1717, 2999]] = True  # fewer allowed rows than k: -1 / -inf after them
+    ours = search(index, config, q, 10, few)
+    assert_same_answer(ours, faiss_exact(index, q, 10, few))
+    assert (ours[1][:, 3:] == -1).all() and np.isneginf(ours[0][:, 3:]).all()
+    small = build_index(x[:4], config)  # k beyond the gallery
+    assert_same_answer(search(small, config, q, 6), faiss_exact(small, q, 6))
+
+
+def test_flat_search_orders_ties_as_faiss_and_blocks_large_galleries(monkeypatch):
+    x = np.concatenate([clustered(40, dim=16, per_id=4, seed=3)] * 3)  # every vector three times
+    q = x[:5] + 0.01
+    config = IndexConfig(index="flat")
+    index = build_index(x, config)
+    ours = search(index, config, q, 9)
+    assert_same_answer(ours, faiss_exact(index, q, 9))
+    assert ours[1][0, :3].tolist() == [80, 40, 0]  # equal similarities: the higher row first
+    monkeypatch.setattr(vectors, "BLAS_BLOCK_SCORES", 2 * len(x))  # two queries' similarities at a time
+    assert_same_answer(search(index, config, q, 9, np.arange(len(x)) % 2 == 0),
+                       faiss_exact(index, q, 9, np.arange(len(x)) % 2 == 0))
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])

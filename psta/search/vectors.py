@@ -3,8 +3,15 @@
 ``flat`` is exact (IndexFlatIP). ``hnsw`` (IndexHNSWFlat) and ``ivf`` (IndexIVFFlat with an
 exact coarse quantizer) are approximate and keep millions of vectors searchable in
 milliseconds; their knobs are in :class:`IndexConfig`. A search can be restricted to a subset
-of rows (cameras, the protocol's ignore rules) with a FAISS ID selector, so the k results are
-the k best *allowed* rows, not the k best rows filtered afterwards.
+of rows (cameras, the protocol's ignore rules), so the k results are the k best *allowed* rows,
+not the k best rows filtered afterwards.
+
+A flat index answers a small batch of queries (at most :data:`BLAS_MAX_QUERIES`, what a user's
+search sends) with one BLAS product over a zero-copy numpy view of the vectors FAISS stores:
+FAISS's own one-query path is a loop of SIMD dot products that runs 2-3x slower than a BLAS
+matrix-vector product on this kind of CPU (benchmarks/bench_search.py). The answer is FAISS's
+exact search: the same rows in the same order (ties: the higher row first, as FAISS orders
+them) and the same similarities up to float rounding. Larger batches go to FAISS.
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ from psta.config import FieldError, Section
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 TRAIN_POINTS_PER_LIST = 64
+BLAS_MAX_QUERIES = 64  # flat: batches up to this size are searched by numpy's BLAS, larger ones by FAISS
+BLAS_BLOCK_SCORES = 1 << 24  # similarities held at once (64 MiB, + 128 MiB of argpartition's rows)
 
 
 class IndexConfig(Section):
@@ -93,6 +102,40 @@ def _search_parameters(config: IndexConfig, selector):
     return faiss.SearchParameters(sel=selector) if selector is not None else None
 
 
+def stored_vectors(index) -> np.ndarray:
+    """The ``N x D`` float32 vectors a flat index stores, as a numpy view (no copy). Valid while
+    ``index`` lives and nothing is added to it."""
+    import faiss
+
+    n, d = index.ntotal, index.d
+    if n == 0:
+        return np.zeros((0, d), np.float32)
+    return faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d)
+
+
+def blas_search(xb: np.ndarray, queries: np.ndarray, k: int,
+                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``k`` of ``queries`` over ``xb`` as FAISS answers it: ``(sims,
+    rows)``, best first, ties the higher row first, -inf / -1 past the allowed rows."""
+    block = max(1, BLAS_BLOCK_SCORES // max(1, len(xb)))
+    if len(queries) > block:
+        parts = [blas_search(xb, queries[a:a + block], k, allowed) for a in range(0, len(queries), block)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    sims = queries @ xb.T
+    if allowed is not None:
+        sims[:, ~np.asarray(allowed, bool)] = -np.inf
+    n, kk = xb.shape[0], min(k, xb.shape[0])
+    top = np.argpartition(sims, n - kk, axis=1)[:, n - kk:] if kk < n else np.tile(np.arange(n), (len(sims), 1))
+    top_sims = np.take_along_axis(sims, top, 1)
+    order = np.lexsort((-top, -top_sims), axis=1)  # by similarity, then the higher row
+    rows, out = np.take_along_axis(top, order, 1), np.take_along_axis(top_sims, order, 1)
+    rows = np.where(np.isneginf(out), -1, rows)
+    if kk < k:
+        rows = np.pad(rows, ((0, 0), (0, k - kk)), constant_values=-1)
+        out = np.pad(out, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+    return out.astype(np.float32), rows.astype(np.int64)
+
+
 def search(index, config: IndexConfig, queries: np.ndarray, k: int,
            allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(similarities, rows)``, each ``len(queries) x k``, best first; rows -1 (similarity
@@ -101,6 +144,8 @@ def search(index, config: IndexConfig, queries: np.ndarray, k: int,
     import faiss
 
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if config.index == "flat" and len(q) <= BLAS_MAX_QUERIES:
+        return blas_search(stored_vectors(index), q, k, allowed)
     selector, bitmap = None, None
     if allowed is not None and not np.all(allowed):
         bitmap = np.packbits(np.asarray(allowed, bool), bitorder="little")
