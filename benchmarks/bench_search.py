@@ -128,11 +128,12 @@ def measure(kind: str, xb, q, truth, n_timed: int) -> dict:
     print(f"  {kind}: built in {built:.1f} s", flush=True)
     if kind == "flat":
         ms, rows = per_query_ms(lambda one: index.search(one, K)[1], q, n_timed)
-        out["faiss_own_search_one_query"] = {"ms_per_query": round(ms, 3), "recall_at_10": recall(rows, truth[:n_timed])}
+        out["faiss_own_search_one_query"] = {"ms_per_query": round(ms, 3),
+                                             "recall_at_10": recall(rows, truth[:n_timed])}
         print(f"  flat  FAISS's own index.search: {ms:8.3f} ms/query", flush=True)
     for v in values:
         cfg = base.model_copy(update={knob: v}) if knob else base
-        ms, rows = per_query_ms(lambda one: search(index, cfg, one, K)[1], q, n_timed)
+        ms, rows = per_query_ms(lambda one, cfg=cfg: search(index, cfg, one, K)[1], q, n_timed)
         hit = round(recall(rows, truth[:n_timed]), 4)
         out["sweep"].append({knob or "exact": v, "ms_per_query": round(ms, 3), "recall_at_10": hit})
         print(f"  {kind:5s} {knob or '':15s} {v!s:>5}: {ms:8.3f} ms/query, recall@10 {hit:.4f}", flush=True)
@@ -140,8 +141,7 @@ def measure(kind: str, xb, q, truth, n_timed: int) -> dict:
         out["batched_ms_per_query"] = batched_ms(index, base, q)
         print(f"  flat  batched (queries: ms/query): {out['batched_ms_per_query']}", flush=True)
     out["load_average_before_after"] = [load_before, load_average()]
-    del index
-    return out
+    return out  # the index is freed here: the next kind builds its own
 
 
 def measure_size(n: int, args) -> dict:
@@ -153,7 +153,8 @@ def measure_size(n: int, args) -> dict:
     print(f"  plain numpy: {entry['plain_numpy_ms_per_query']:.3f} ms/query", flush=True)
     for kind in args.kinds:
         if kind == "hnsw" and n > args.hnsw_max:
-            print(f"  hnsw skipped above {args.hnsw_max:,} vectors (--hnsw-max): its build is too slow here", flush=True)
+            print(f"  hnsw skipped above {args.hnsw_max:,} vectors (--hnsw-max): its build is too slow here",
+                  flush=True)
             continue
         entry[kind] = measure(kind, xb, q, truth, n_timed)
         if kind == "flat":  # the numpy baseline again, right after ours, in case the load changed
