@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import load_average, timed
 from psta.atomic import write_text_atomic
 from psta.evaluation import pairwise_distance, rank_metrics, rank_metrics_from_features
 
@@ -151,22 +152,13 @@ def matmul_probe(qf: np.ndarray, gf: np.ndarray) -> float:
     return statistics.median(timed(lambda: np.matmul(qf, gf.T, out=out), 3)[1])
 
 
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, times
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
-    load_start = [round(x, 2) for x in os.getloadavg()]  # the machine is shared: record it
+    load_start = load_average()  # the machine is shared: record it
     qf, qp, qc, gf, gp, gc = mars_like()
     nq, ng, dim = qf.shape[0], gf.shape[0], qf.shape[1]
     print(f"MARS-scale: {nq} queries x {ng} gallery, {dim}-d, {len(np.unique(qp))} query ids, "
@@ -262,7 +254,7 @@ def main(argv=None) -> dict:
                  "protocol": "mars_official (queries in the gallery)"},
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_average_1_5_15min_at_start": load_start,
-                    "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
+                    "load_average_1_5_15min_at_end": load_average(),
                     "probe_plain_matmul_s_before": probe_start,
                     "probe_plain_matmul_s_after": probe_end,
                     "processor": platform.processor() or platform.machine(),

@@ -33,6 +33,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from scipy.io import loadmat  # noqa: E402
 
+from benchmarks.common import pin_to_one_cpu  # noqa: E402
 from psta.atomic import write_text_atomic  # noqa: E402
 from psta.data import read_mars  # noqa: E402
 from psta.data.synthetic import write_mars_metadata  # noqa: E402
@@ -52,11 +53,7 @@ def one_core() -> str:
         pass
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
-    if hasattr(os, "sched_setaffinity"):
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to cpu {cpu}"
-    return "not pinned (no sched_setaffinity)"
+    return pin_to_one_cpu()
 
 
 # ------------------------------------------------------------------------------------------

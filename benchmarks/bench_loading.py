@@ -40,6 +40,7 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+from benchmarks.common import status_kib  # noqa: E402
 from psta.data.cache import FrameCache, build_frame_cache, load_frame  # noqa: E402
 from psta.data.datasets import TrainClips  # noqa: E402
 from psta.data.sampling import IdentitySampler, random_interval_indices  # noqa: E402
@@ -193,13 +194,6 @@ def rate(fn, items) -> float:
 
 
 # ----------------------------------------------------------------------------- memory child
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return -1
-
-
 def rss_child(cache_dir: str, tracklets_path: str, reader: str, epochs: int) -> None:
     """Run a DataLoader loop in this (fresh) process and print its memory as JSON."""
     from torch.utils.data import DataLoader
@@ -210,7 +204,7 @@ def rss_child(cache_dir: str, tracklets_path: str, reader: str, epochs: int) -> 
     sampler = IdentitySampler(ds.labels, num_instances=4, batch_size=32, seed=0)
     loader = DataLoader(ds, batch_size=32, sampler=sampler, num_workers=0)
     next(iter(loader))  # warm up allocator and imports
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     clips = 0
     for e in range(epochs):
         sampler.set_epoch(e)
@@ -219,12 +213,12 @@ def rss_child(cache_dir: str, tracklets_path: str, reader: str, epochs: int) -> 
     print(json.dumps({
         "reader": reader, "clips": clips, "frames_read": clips * T,
         "rss_before_loop_mib": round(base / 1024, 1),
-        "peak_rss_mib": round(_status_kib("VmHWM") / 1024, 1),
-        "peak_growth_mib": round((_status_kib("VmHWM") - base) / 1024, 1),
+        "peak_rss_mib": round(status_kib("VmHWM") / 1024, 1),
+        "peak_growth_mib": round((status_kib("VmHWM") - base) / 1024, 1),
         "cache_mib": round(sum(f.stat().st_size for f in Path(cache_dir).iterdir()) / 2**20, 1),
-        "rss_end_mib": round(_status_kib("VmRSS") / 1024, 1),
-        "rss_anon_end_mib": round(_status_kib("RssAnon") / 1024, 1),
-        "rss_file_end_mib": round(_status_kib("RssFile") / 1024, 1),
+        "rss_end_mib": round(status_kib("VmRSS") / 1024, 1),
+        "rss_anon_end_mib": round(status_kib("RssAnon") / 1024, 1),
+        "rss_file_end_mib": round(status_kib("RssFile") / 1024, 1),
         "batch_float_mib": round(32 * T * 3 * H * W * 4 / 2**20, 1),
     }))
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench_evaluation import mars_like
+from benchmarks.common import load_average, timed
 from psta.atomic import write_text_atomic
 from psta.evaluation import FPR_POINTS, pairwise_distance, verification_metrics, verification_metrics_from_features
 
@@ -49,22 +50,13 @@ def plain_verification(D, qp, qc, gp, gc) -> dict:
     return out
 
 
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, times
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
-    load_start = [round(x, 2) for x in os.getloadavg()]  # the machine is shared: record it
+    load_start = load_average()  # the machine is shared: record it
     qf, qp, qc, gf, gp, gc = mars_like()
     D = pairwise_distance(qf, gf, "cosine")
     print(f"MARS-scale: {D.shape[0]} x {D.shape[1]} pairs, load average {load_start}")
@@ -98,7 +90,7 @@ def main(argv=None) -> dict:
         "numbers": {"auc": ours["auc"], "eer": ours["eer"],
                     "tpr_at_fpr": {str(f): v for f, v in ours["tpr_at_fpr"].items()}},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_start": load_start, "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+                    "load_average_start": load_start, "load_average_end": load_average()},
     }
     write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     return result

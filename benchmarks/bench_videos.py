@@ -46,6 +46,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks import common  # noqa: E402
+from benchmarks.common import pin_to_one_cpu, status_kib  # noqa: E402
 from psta.atomic import write_text_atomic  # noqa: E402
 
 W, H, FPS = 640, 360, 25
@@ -57,14 +59,6 @@ BURSTS = ((300, 316), (600, 616), (860, 876))
 MEM_FRAMES = 250                 # and 4x that
 REPEATS = 5
 CROP_H, CROP_W = 256, 128
-
-
-def one_core() -> str:
-    if hasattr(os, "sched_setaffinity"):
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to cpu {cpu}"
-    return "not pinned (no sched_setaffinity)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,11 +179,7 @@ def plain(video: Path, need: dict[int, list], crop: bool = True) -> list:
 def timed(fn, *args) -> tuple[float, float, list]:
     """(best, median) seconds of REPEATS runs, and the last output. The machine is shared, so
     the best run is the least disturbed measure of each path's own cost."""
-    runs, out = [], None
-    for _ in range(REPEATS):
-        t = time.perf_counter()
-        out = fn(*args)
-        runs.append(time.perf_counter() - t)
+    out, runs = common.timed(lambda: fn(*args), REPEATS)
     return min(runs), statistics.median(runs), out
 
 
@@ -211,13 +201,8 @@ def compare(a: list[bytes], b: list[bytes]) -> float:
 # --------------------------------------------------------------------------------------------
 def vm(key: str) -> float:
     """VmRSS / VmHWM of this process in MB (Linux); ru_maxrss elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kib = status_kib(key)
+    return (kib if kib >= 0 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 def child(src: str, out: str, rewind: bool) -> None:
@@ -227,7 +212,7 @@ def child(src: str, out: str, rewind: bool) -> None:
 
     if not rewind:              # what decord does without the rewind after each batch
         decord.VideoReader.seek = lambda self, pos: None
-    one_core()
+    pin_to_one_cpu()
     base = vm("VmRSS")
     t = time.perf_counter()
     stats = build_mars_from_videos(src, out, VideoIngestConfig())
@@ -261,7 +246,7 @@ def main() -> dict:
     import decord
     import PIL
 
-    pinned = one_core()
+    pinned = pin_to_one_cpu()
     work = Path(tempfile.mkdtemp(prefix="bench_videos."))
     try:
         video = work / "cam1.mp4"

@@ -25,3 +25,23 @@ def machine(**extra) -> dict:
     """What a result was measured on: processor, cores, load average now, and ``extra``."""
     return {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "python": platform.python_version(), "load_average_at_start": load_average(), **extra}
+
+
+def pin_to_one_cpu() -> str:
+    """Pin this process to one CPU (its lowest allowed); says where, for the results."""
+    if hasattr(os, "sched_setaffinity"):
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        return f"pinned to cpu {cpu}"
+    return "not pinned (no sched_setaffinity)"
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``, ...) in KiB; -1 where there is none."""
+    try:
+        for line in open("/proc/self/status").read().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
