@@ -64,7 +64,8 @@ class PixelEmbedder(mlflow.pyfunc.PythonModel):
         frames = torch.from_numpy(np.ascontiguousarray(check_frames(model_input))).permute(0, 1, 4, 2, 3)
         s = self.serving
         return embed_frame_sets(self.model, list(frames), seq_len=s["seq_len"], height=s["height"],
-                                width=s["width"], sampling=s["sampling"], batch_size=s["batch_size"],
+                                width=s["width"], sampling=s["sampling"], max_clips=s.get("max_clips", 200),
+                                seed=s.get("seed", 0), batch_size=s["batch_size"],
                                 precision=s["precision"])
 
 

@@ -80,13 +80,20 @@ def load_model(gallery: Gallery, path: Path):
     return load_checkpoint(path)[0]
 
 
+def gallery_sampling(gallery: Gallery) -> dict:
+    """The test sampling the gallery was embedded with (a gallery written before max_clips / seed
+    were recorded used extract_features' defaults, 200 / 0)."""
+    h = gallery.header
+    return {"sampling": h["sampling"], "max_clips": h.get("max_clips", 200), "seed": h.get("sampling_seed", 0)}
+
+
 def embed(model, gallery: Gallery, frames: torch.Tensor, batch_size: int) -> np.ndarray:
     from psta.search.frames import embed_frame_sets
 
     h = gallery.header
     m = h["model"]
     return embed_frame_sets(model, [frames], seq_len=m["seq_len"], height=m["height"], width=m["width"],
-                            sampling=h["sampling"], batch_size=batch_size, precision=h["precision"])[0]
+                            **gallery_sampling(gallery), batch_size=batch_size, precision=h["precision"])[0]
 
 
 def tracklet_query(args, gallery: Gallery):
@@ -117,7 +124,7 @@ def embed_cached(model, gallery: Gallery, rows, cache) -> np.ndarray:
     from psta.search.frames import l2_normalise
 
     h = gallery.header
-    features = extract_features(model, rows, cache, seq_len=h["model"]["seq_len"], sampling=h["sampling"],
+    features = extract_features(model, rows, cache, seq_len=h["model"]["seq_len"], **gallery_sampling(gallery),
                                 batch_size=h.get("batch_size", 32), precision=h["precision"], progress=False)
     return l2_normalise(features)[0]
 

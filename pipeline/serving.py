@@ -60,7 +60,8 @@ def _requirements() -> list[str]:
 def pixel_model(model_path: str | Path, config: dict[str, Any], feature_dim: int,
                 serving: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The keyword arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for the pixel model
-    of a checkpoint. ``serving``: the evaluation's ``sampling``, ``precision`` and ``batch_size``."""
+    of a checkpoint. ``serving``: the evaluation's ``sampling`` (+ ``max_clips``, ``seed``),
+    ``precision`` and ``batch_size``."""
     settings = {**serving, **{k: config[k] for k in ("seq_len", "height", "width")}}
     with tempfile.TemporaryDirectory() as tmp:
         settings_file = Path(tmp) / "serving.json"

@@ -123,6 +123,39 @@ def test_tracklet_search_top1_equals_the_evaluation_rank1(demo):
     assert np.mean(hits) == official["rank1"]
 
 
+def test_gallery_records_and_follows_the_evaluations_test_sampling(demo, tmp_path, prefect_api):
+    """Dense sampling of at most one clip per tracklet, its window drawn from seed 5 (not the
+    defaults 200 / 0): the gallery records them and holds exactly the evaluation's embeddings."""
+    from psta.data.cache import FrameCache
+    from psta.engine.inference import extract_features
+    from psta.index import read_index
+    from psta.model import load_checkpoint
+    from psta.search.gallery import Gallery
+
+    sampling = {"sampling": "dense", "max_clips": 1, "seed": 5}
+    ws = make_workspace(tmp_path, prefect_api, {"evaluate": {**EVALUATE["evaluate"], **sampling}})
+    shutil.copytree(demo.path / "data", ws.path / "data", ignore=shutil.ignore_patterns("eval", "gallery"))
+    ws.run("evaluate")
+    ws.run("gallery")
+    gallery = Gallery.open(ws.path / "data/gallery")
+    h = gallery.header
+    assert (h["sampling"], h["max_clips"], h["sampling_seed"]) == ("dense", 1, 5)
+    tracklets, _, _ = eval_tables(ws)
+    features = np.load(ws.path / "data/eval/features.npy")
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    row_of = {int(t): i for i, t in enumerate(tracklets["tracklet_id"])}
+    vectors = np.stack([gallery.vector(i) for i in range(len(gallery.table))])
+    evaluated = features[[row_of[int(t)] for t in gallery.table["tracklet_id"]]]
+    assert (vectors * evaluated).sum(axis=1).min() >= 0.9999
+    # the values matter here: every clip (the defaults' 200) embeds the longer tracklets otherwise
+    rows = read_index(ws.path / "data/index").tracklets.iloc[gallery.table["tracklet_id"]]
+    model, _ = load_checkpoint(ws.path / "data/models/model.pt")
+    every_clip = extract_features(model, rows, FrameCache(ws.path / "data/cache"), seq_len=h["model"]["seq_len"],
+                                  sampling="dense", max_clips=0, precision=h["precision"], progress=False)
+    every_clip /= np.linalg.norm(every_clip, axis=1, keepdims=True)
+    assert (vectors * every_clip).sum(axis=1).min() < 0.9999
+
+
 def test_folder_query_with_its_camera_finds_its_identity_in_other_cameras(demo, tmp_path):
     from psta.index import read_index
 

@@ -23,14 +23,22 @@ def sampling_for(params: Params, dataset: str) -> str:
     return get_dataset(dataset).test_sampling if sampling == "auto" else sampling
 
 
+def evaluation_sampling(params: Params, dataset: str) -> dict:
+    """How the evaluation samples a test tracklet, as extract_features takes it: ``sampling``,
+    and for dense the ``max_clips`` window and its ``seed``. The gallery and the served model
+    embed with these too."""
+    e = params.evaluate
+    return {"sampling": sampling_for(params, dataset), "max_clips": e.max_clips, "seed": e.seed}
+
+
 @stage_task
-def embed(params: Params, model, tracklets, cache, sampling: str):
+def embed(params: Params, model, tracklets, cache, dataset: str):
     from psta.engine.inference import extract_features
 
     e = params.evaluate
-    return extract_features(model, tracklets, cache, seq_len=params.model.seq_len, sampling=sampling,
-                            batch_size=e.batch_size, precision=e.precision, num_workers=e.num_workers,
-                            max_clips=e.max_clips, seed=e.seed, progress=bars())
+    return extract_features(model, tracklets, cache, seq_len=params.model.seq_len,
+                            **evaluation_sampling(params, dataset), batch_size=e.batch_size,
+                            precision=e.precision, num_workers=e.num_workers, progress=bars())
 
 
 @stage_task
@@ -95,13 +103,13 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         cache = FrameCache(paths.CACHE)
         cache.check_tracklets(index.tracklets)
         model, checkpoint = load_checkpoint(paths.MODELS / "model.pt", require_digest=True)
-        features = embed(params, model, test, cache, sampling)
+        features = embed(params, model, test, cache, dataset)
         results = score(params, features, test, protocols)
         untrained = None
         if params.evaluate.untrained_baseline:
             torch.manual_seed(params.train.seed)
             fresh = build_model(**{**checkpoint["config"], "pretrained": params.model.pretrained})
-            untrained = score(params, embed(params, fresh, test, cache, sampling), test, protocols)
+            untrained = score(params, embed(params, fresh, test, cache, dataset), test, protocols)
         summary = write_eval_outputs(
             paths.EVAL, test, features, results, untrained, dataset=dataset, sampling=sampling,
             metric=params.evaluate.metric, rerank=params.evaluate.rerank, split=index.stats.get("split"),
@@ -110,7 +118,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         metrics = write_metrics(summary, METRICS_JSON, CMC_CSV)
         log_numbers(metrics)
         log_files(METRICS_JSON, CMC_CSV, paths.EVAL / "results.json")
-        serving = {"sampling": sampling, "precision": params.evaluate.precision,
+        serving = {**evaluation_sampling(params, dataset), "precision": params.evaluate.precision,
                    "batch_size": params.evaluate.batch_size}
         source = read_dataset_info()["source"]  # what the index was built from
         register_model(paths.MODELS / "model.pt", paths.INDEX / "stats.json", METRICS_JSON, serving,

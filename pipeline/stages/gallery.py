@@ -1,10 +1,11 @@
 """gallery: embed every gallery tracklet with the trained model -> data/gallery/ (FAISS + Parquet).
 
-The tracklets are embedded exactly as the evaluate stage embeds them (its test sampling,
-precision and batch size), L2-normalised and indexed with `gallery.index` (flat | hnsw | ivf);
-`python -m pipeline search` searches the result. `torchrun --nproc_per_node N -m pipeline
-gallery` embeds a share of the tracklets on each rank; rank 0 gathers them and alone runs the
-Prefect flow, the MLflow run and the writing, as the train stage does.
+The tracklets are embedded exactly as the evaluate stage embeds them (its test sampling with
+`evaluate.max_clips` / `evaluate.seed`, precision and batch size), L2-normalised and indexed
+with `gallery.index` (flat | hnsw | ivf); `python -m pipeline search` searches the result.
+`torchrun --nproc_per_node N -m pipeline gallery` embeds a share of the tracklets on each rank;
+rank 0 gathers them and alone runs the Prefect flow, the MLflow run and the writing, as the
+train stage does.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pipeline import paths
 from pipeline.model_info import model_sha256, read_threshold, registered_version
 from pipeline.params import Params, load_params
 from pipeline.stage import log_files, log_numbers, stage_flow, stage_run, stage_task
-from pipeline.stages.evaluate import METRICS_JSON, sampling_for
+from pipeline.stages.evaluate import METRICS_JSON, evaluation_sampling
 from psta.data.registry import get_dataset, get_protocol
 
 MODEL = paths.MODELS / "model.pt"
@@ -53,7 +54,7 @@ def embed_share(params: Params, rows: pd.DataFrame, dataset: str) -> tuple[np.nd
     model, _ = load_checkpoint(MODEL, require_digest=True)
     e = params.evaluate
     features = extract_features(model, rows.iloc[mine], FrameCache(paths.CACHE), seq_len=params.model.seq_len,
-                                sampling=sampling_for(params, dataset), batch_size=e.batch_size,
+                                **evaluation_sampling(params, dataset), batch_size=e.batch_size,
                                 precision=e.precision, num_workers=e.num_workers, progress=False)
     return mine, l2_normalise(features)
 
@@ -102,12 +103,14 @@ def write(params: Params, index, dataset: str, splits, rows: pd.DataFrame, embed
     _, checkpoint = load_checkpoint(MODEL, require_digest=True)
     sha = model_sha256(MODEL)
     protocol = get_dataset(dataset).headline_protocol
+    sampling = evaluation_sampling(params, dataset)
     table, frames = gallery_tables(rows, index.frames, video_sources(params))
     header = {
         "model": {"path": str(MODEL), "sha256": sha, "registered": registered_version(sha),
                   **{k: checkpoint["config"].get(k) for k in ("arch", "backbone", "seq_len", "height", "width")}},
         "dataset": dataset, "source": params.data.source, "root": str(dataset_root(params)),
-        "splits": list(splits), "protocol": protocol, "sampling": sampling_for(params, dataset),
+        "splits": list(splits), "protocol": protocol, "sampling": sampling["sampling"],
+        "max_clips": sampling["max_clips"], "sampling_seed": sampling["seed"],
         "precision": params.evaluate.precision, "batch_size": params.evaluate.batch_size,
         "threshold": read_threshold(METRICS_JSON, protocol),
     }

@@ -63,15 +63,17 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 def embed_frame_sets(model: torch.nn.Module, sets: Sequence[torch.Tensor], *, seq_len: int,
-                     height: int, width: int, sampling: str = "begin", batch_size: int = 32,
-                     precision: str = "auto", device: str = "auto") -> np.ndarray:
+                     height: int, width: int, sampling: str = "begin", max_clips: int = 200,
+                     seed: int = 0, batch_size: int = 32, precision: str = "auto",
+                     device: str = "auto") -> np.ndarray:
     """L2-normalised ``len(sets) x D`` float32 embeddings, one per in-memory tracklet, computed
     by evaluation's :func:`~psta.engine.inference.extract_features` (same sampling, transform,
-    precision and averaging)."""
+    precision and averaging). Dense sampling of a set with more than ``max_clips`` clips draws
+    its window from ``(seed, position of the set)``: an in-memory set has no tracklet id."""
     from psta.engine.inference import extract_features
 
     source = FrameSets(sets, height, width)
     features = extract_features(model, source.table(), source, seq_len=seq_len, sampling=sampling,
-                                batch_size=batch_size, precision=precision, device=device,
-                                num_workers=0, progress=False)
+                                max_clips=max_clips, seed=seed, batch_size=batch_size, precision=precision,
+                                device=device, num_workers=0, progress=False)
     return l2_normalise(features)
