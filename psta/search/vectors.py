@@ -27,7 +27,7 @@ from psta.config import FieldError, Section
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 TRAIN_POINTS_PER_LIST = 64
 BLAS_MAX_QUERIES = 64  # flat: batches up to this size are searched by numpy's BLAS, larger ones by FAISS
-BLAS_BLOCK_SCORES = 1 << 24  # similarities held at once (64 MiB, + 128 MiB of argpartition's rows)
+BLAS_BLOCK_SCORES = 1 << 26  # similarities held at once (256 MiB: 64 queries of a 1M gallery in one product)
 
 
 class IndexConfig(Section):
@@ -125,7 +125,10 @@ def blas_search(xb: np.ndarray, queries: np.ndarray, k: int,
     if allowed is not None:
         sims[:, ~np.asarray(allowed, bool)] = -np.inf
     n, kk = xb.shape[0], min(k, xb.shape[0])
-    top = np.argpartition(sims, n - kk, axis=1)[:, n - kk:] if kk < n else np.tile(np.arange(n), (len(sims), 1))
+    if kk < n:  # row by row: argpartition's N int64 positions for one row at a time, not for the block
+        top = np.stack([np.argpartition(row, n - kk)[n - kk:] for row in sims])
+    else:
+        top = np.tile(np.arange(n), (len(sims), 1))
     top_sims = np.take_along_axis(sims, top, 1)
     order = np.lexsort((-top, -top_sims), axis=1)  # by similarity, then the higher row
     rows, out = np.take_along_axis(top, order, 1), np.take_along_axis(top_sims, order, 1)
