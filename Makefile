@@ -16,9 +16,12 @@ PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || tru
 
 .PHONY: install system-deps run lint test test-fast bench serve ui prefect-ui exps
 
+# uv resolves and installs the project's ranges in well under a minute where pip takes about 4
+# (the same PyPI packages; a CUDA build of torch is several GB either way)
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --progress-bar off -q -e '.[test]' 2>&1 | $(PIP_QUIET)
+	$(PY) -m pip install --progress-bar off -q 'uv>=0.5' 2>&1 | $(PIP_QUIET)
+	$(BIN)/uv pip install --python $(PY) --quiet -e '.[test]'
 	touch $@
 
 # + the page template that lets `dvc plots show` draw without internet (pipeline/plots.py)
