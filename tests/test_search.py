@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
+from psta.search import vectors
 from psta.search.gallery import Gallery, GalleryError, gallery_tables, write_gallery
 from psta.search.html import render_search_html
 from psta.search.queries import QueryError, allowed_rows, camera_ids, folder_query
-from psta.search import vectors
 from psta.search.vectors import IndexConfig, build_index, search
 
 
