@@ -16,8 +16,9 @@ costs) and, for flat, also batched:
 Each entry records the load average before and after it (the machine is shared).
 
 Run niced: nice -n 10 .venv/bin/python -m benchmarks.bench_search [--sizes 100000 1000000]
-[--kinds flat ivf hnsw]. Updates benchmarks/results/search.json: the entries measured replace
-their earlier ones, the others are kept.
+[--kinds flat ivf hnsw] [--ivf-nlist N --ivf-nprobes ...]. Updates
+benchmarks/results/search.json: the entries measured replace their earlier ones, the others are
+kept (an explicit --ivf-nlist N goes to its own entry ``ivf_nlist_N``).
 """
 from __future__ import annotations
 
@@ -113,9 +114,12 @@ def batched_ms(index, config: IndexConfig, q: np.ndarray, batches=(16, vectors.B
     return out
 
 
-def measure(kind: str, xb, q, truth, n_timed: int) -> dict:
+def measure(kind: str, xb, q, truth, n_timed: int, args) -> dict:
     knob, values = SWEEPS[kind]
     base = IndexConfig(index=kind)
+    if kind == "ivf":
+        values = args.ivf_nprobes
+        base = IndexConfig(index=kind, ivf_nlist=args.ivf_nlist, ivf_nprobe=min(values))
     load_before = load_average()
     t = time.perf_counter()
     index = build_index(xb, base)
@@ -144,6 +148,11 @@ def measure(kind: str, xb, q, truth, n_timed: int) -> dict:
     return out  # the index is freed here: the next kind builds its own
 
 
+def entry_key(kind: str, args) -> str:
+    """Where a kind's numbers go: ``ivf`` at the default lists, ``ivf_nlist_N`` at ``--ivf-nlist N``."""
+    return f"ivf_nlist_{args.ivf_nlist}" if kind == "ivf" and args.ivf_nlist else kind
+
+
 def measure_size(n: int, args) -> dict:
     xb, q = clustered(n, args.dim, seed=n)
     truth = exact_topk(xb, q)
@@ -156,9 +165,9 @@ def measure_size(n: int, args) -> dict:
             print(f"  hnsw skipped above {args.hnsw_max:,} vectors (--hnsw-max): its build is too slow here",
                   flush=True)
             continue
-        entry[kind] = measure(kind, xb, q, truth, n_timed)
+        entry[entry_key(kind, args)] = measure(kind, xb, q, truth, n_timed, args)
         if kind == "flat":  # the numpy baseline again, right after ours, in case the load changed
-            entry["plain_numpy_ms_per_query_after_flat"] = round(plain_ms(xb, q, n_timed), 3)
+            entry["flat"]["plain_numpy_ms_per_query_after"] = round(plain_ms(xb, q, n_timed), 3)
     return entry
 
 
@@ -168,6 +177,8 @@ def main(argv=None) -> dict:
     p.add_argument("--kinds", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
     p.add_argument("--dim", type=int, default=1024)
     p.add_argument("--hnsw-max", type=int, default=100_000, help="largest size HNSW is built at (its build is slow)")
+    p.add_argument("--ivf-nlist", type=int, default=0, help="ivf lists (0: the default 4 sqrt(N))")
+    p.add_argument("--ivf-nprobes", type=int, nargs="+", default=SWEEPS["ivf"][1], help="ivf_nprobe values swept")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     result = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -177,8 +188,9 @@ def main(argv=None) -> dict:
     for n in args.sizes:
         print(f"{n:,} vectors x {args.dim}", flush=True)
         previous = result["sizes"].get(str(n), {})
+        rerun = {entry_key(kind, args) for kind in args.kinds}
         kept = {k: {"load_average_at_start_of_its_run": earlier_load, **v} for k, v in previous.items()
-                if k in SWEEPS and k not in args.kinds}
+                if k.split("_")[0] in SWEEPS and k not in rerun}
         result["sizes"][str(n)] = {**measure_size(n, args), **kept}
         write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")  # partial results survive a kill
     return result
