@@ -12,25 +12,26 @@ PSTA, T=8, 256 x 128 input and frames). Measured in one process on the same clip
   (what a client pays: JSON encoding of every pixel included);
 * ONNX Runtime (CPU provider) on the exported graph against PyTorch fp32, same clips.
 
-Embeddings (clips) per second at batch 1 and 32; medians of a few rounds.
+Embeddings (clips) per second at batch 1 and 32; medians of a few rounds (``--rounds``).
 Run niced: nice -n 10 .venv/bin/python -m benchmarks.bench_serving [--sizes demo paper]
-Writes benchmarks/results/serving.json.
+[--rounds N] [--http-batches 1]. Updates benchmarks/results/serving.json: the sizes measured
+replace their entries (with the load average at their start and end), the others are kept.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 import urllib.request
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.common import load_average, machine
 from psta.atomic import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
@@ -71,7 +72,7 @@ def post_rate(url: str, frames: np.ndarray, rounds: int) -> float:
     return rate(call, len(frames), rounds)
 
 
-def measure(name: str, spec: dict, batches: list[int], rounds: int, http: bool, tmp: Path) -> dict:
+def measure(name: str, spec: dict, batches: list[int], rounds: int, http_batches: list[int], tmp: Path) -> dict:
     import mlflow
 
     from pipeline.servers import model_server
@@ -94,7 +95,8 @@ def measure(name: str, spec: dict, batches: list[int], rounds: int, http: bool, 
     session = onnx_session(onnx_path)
     device = torch.device("cpu")
     dtype = resolve_precision("auto", device)
-    out = {"config": {k: v for k, v in spec.items() if k != "frame"}, "frame": list(spec["frame"]),
+    out = {"measured": date.today().isoformat(), "rounds": rounds, "load_average_at_start": load_average(),
+           "config": {k: v for k, v in spec.items() if k != "frame"}, "frame": list(spec["frame"]),
            "evaluation_precision": str(dtype).replace("torch.", "") if dtype is not None else "float32",
            "batches": {}}
     rng = np.random.default_rng(0)
@@ -120,13 +122,15 @@ def measure(name: str, spec: dict, batches: list[int], rounds: int, http: bool, 
         r["onnxruntime_vs_torch_fp32"] = r["onnxruntime_clips_per_s"] / r["torch_fp32_clips_per_s"]
         out["batches"][str(batch)] = r
         print(f"{name} batch {batch}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
-    if http:
+    if http_batches:
         with model_server(str(saved), "sqlite:///" + str(tmp / "mlflow.db"), tmp / f"{name}-serve.log") as url:
-            for batch in batches:
+            for batch in http_batches:
                 frames = rng.integers(0, 256, (batch, spec["seq_len"], *spec["frame"], 3), dtype=np.uint8)
-                out["batches"][str(batch)]["served_http_clips_per_s"] = post_rate(url, frames, max(1, rounds // 2))
+                out["batches"].setdefault(str(batch), {})["served_http_clips_per_s"] = post_rate(
+                    url, frames, max(1, rounds // 2))
                 print(f"{name} batch {batch}: HTTP {out['batches'][str(batch)]['served_http_clips_per_s']:.2f} clips/s",
                       flush=True)
+    out["load_average_at_end"] = load_average()
     return out
 
 
@@ -136,14 +140,17 @@ def main(argv=None) -> dict:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--no-http", action="store_true", help="skip `mlflow models serve`")
+    p.add_argument("--http-batches", type=int, nargs="+", help="batches sent over HTTP (default: --batches); "
+                   "a paper-size batch of 32 is ~90 MB of JSON")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()},
-              "sizes": {}}
+    http_batches = [] if args.no_http else (args.http_batches or args.batches)
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {}  # sizes not rerun are kept
+    result.update(machine=machine(torch_threads=torch.get_num_threads()))
+    result.setdefault("sizes", {})
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sizes:
-            result["sizes"][name] = measure(name, SIZES[name], args.batches, args.rounds, not args.no_http, Path(tmp))
+            result["sizes"][name] = measure(name, SIZES[name], args.batches, args.rounds, http_batches, Path(tmp))
             write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     return result
 
