@@ -189,8 +189,8 @@ def main(argv=None) -> dict:
         print(f"{n:,} vectors x {args.dim}", flush=True)
         previous = result["sizes"].get(str(n), {})
         rerun = {entry_key(kind, args) for kind in args.kinds}
-        kept = {k: {"load_average_at_start_of_its_run": earlier_load, **v} for k, v in previous.items()
-                if k.split("_")[0] in SWEEPS and k not in rerun}
+        kept = {k: v if "load_average_before_after" in v else {"load_average_at_start_of_its_run": earlier_load, **v}
+                for k, v in previous.items() if k.split("_")[0] in SWEEPS and k not in rerun}
         result["sizes"][str(n)] = {**measure_size(n, args), **kept}
         write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")  # partial results survive a kill
     return result
