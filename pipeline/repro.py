@@ -40,7 +40,7 @@ def run_dvc_repro(dvc_args: list[str], params_path: str = "params.yaml", own_pre
         with contextlib.ExitStack() as stack:
             if own_prefect_server and not env.get("PREFECT_API_URL"):
                 # a project-local home keeps the flow-run history and the server's log
-                server = servers.prefect_server(PREFECT_HOME.resolve(), port=servers.free_port(PREFECT_UI_PORT))
+                server = servers.prefect_server(PREFECT_HOME.resolve(), preferred=PREFECT_UI_PORT)
                 env["PREFECT_API_URL"] = stack.enter_context(server)
                 prefect_ui = (f"`make prefect-ui`, then http://127.0.0.1:{PREFECT_UI_PORT}/runs "
                               f"(the flow-run history kept in {PREFECT_HOME}/)")

@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def free_port(preferred: int = 0) -> int:
@@ -50,6 +50,43 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
     raise TimeoutError(f"no answer from {url} after {timeout:.0f} s")
 
 
+def start_in_group(command: Callable[[int], tuple[list[str], dict[str, str]]], health_path: str, log: Path,
+                   timeout: float, port: int | None = None, preferred: int = 0,
+                   attempts: int = 3) -> tuple[subprocess.Popen, int]:
+    """Start ``command(port)`` in its own process group, logging to ``log``; return it and its
+    port once ``health_path`` answers 200.
+
+    A port from :func:`free_port` is free when it is chosen, not when the server binds it: in
+    between another process (a parallel test, a client's outgoing connection) may take it.
+    Without a fixed ``port``, a server that exits saying so is started again on another port.
+    """
+    for attempt in range(1 if port else attempts):
+        chosen = port or free_port(preferred if attempt == 0 else 0)
+        cmd, env = command(chosen)
+        logged = log.stat().st_size if log.exists() else 0
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            wait_http(f"http://127.0.0.1:{chosen}{health_path}", timeout, proc, log)
+            return proc, chosen
+        except RuntimeError:
+            stop_group(proc)
+            if port or attempt == attempts - 1 or not _port_was_taken(log, logged):
+                raise
+        except BaseException:
+            stop_group(proc)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _port_was_taken(log: Path, offset: int) -> bool:
+    """Whether the server logged, after ``offset``, that its port was already in use."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace").lower()
+    return "address already in use" in text or "errno 98" in text
+
+
 def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
     if proc.poll() is not None:
         return
@@ -82,18 +119,15 @@ def prefect_command(home: Path, port: int) -> tuple[list[str], dict[str, str]]:
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, port: int | None = None, timeout: float = 90.0) -> Iterator[str]:
-    """A Prefect server (:func:`prefect_command`) in the background; yields the API URL."""
-    port = port or free_port()
+def prefect_server(home: Path, port: int | None = None, timeout: float = 90.0, preferred: int = 0) -> Iterator[str]:
+    """A Prefect server (:func:`prefect_command`) in the background; yields the API URL.
+
+    ``port``: exactly that port; else ``preferred`` when it is free, else any free one."""
     home.mkdir(parents=True, exist_ok=True)
-    cmd, env = prefect_command(home, port)
-    log = home / "server.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc, port = start_in_group(lambda p: prefect_command(home, p), "/api/health", home / "server.log",
+                                timeout, port, preferred)
     try:
-        api = f"http://127.0.0.1:{port}/api"
-        wait_http(f"{api}/health", timeout, proc, log)
-        yield api
+        yield f"http://127.0.0.1:{port}/api"
     finally:
         stop_group(proc)
 
@@ -112,22 +146,16 @@ def serve_prefect_ui(home: Path, port: int) -> int:
 def spawn_mlflow_server(store: Path, port: int | None = None, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
     """Start a `mlflow server` on 127.0.0.1 backed by SQLite in ``store``; returns it (its own
     process group: stop it with :func:`stop_group`) and its tracking URI, once it answers."""
-    port = port or free_port()
     store.mkdir(parents=True, exist_ok=True)
-    log = store / "server.log"
-    cmd = [
-        tool_path("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-        "--artifacts-destination", str(store / "artifacts"), "--workers", "1",
-    ]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # GenAI jobs: 8 processes we never use
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout, proc, log)
-    except BaseException:
-        stop_group(proc)
-        raise
+
+    def command(port: int) -> tuple[list[str], dict[str, str]]:
+        return [
+            tool_path("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination", str(store / "artifacts"), "--workers", "1",
+        ], {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # GenAI jobs: 8 processes we never use
+
+    proc, port = start_in_group(command, "/health", store / "server.log", timeout, port)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -146,15 +174,15 @@ def model_server(model_uri: str, tracking_uri: str, log: Path, port: int | None 
                  timeout: float = 240.0) -> Iterator[str]:
     """`mlflow models serve -m <model_uri> --env-manager local` on 127.0.0.1, as a user starts it
     (the venv's bin on PATH: the server execs `uvicorn`); yields its base URL."""
-    port = port or free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [tool_path("mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-           "--host", "127.0.0.1", "--port", str(port)]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def command(port: int) -> tuple[list[str], dict[str, str]]:
+        return [tool_path("mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                "--host", "127.0.0.1", "--port", str(port)], env
+
+    proc, port = start_in_group(command, "/ping", log, timeout, port)
     try:
-        wait_http(f"http://127.0.0.1:{port}/ping", timeout, proc, log)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_group(proc)
