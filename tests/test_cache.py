@@ -323,3 +323,28 @@ def test_datasets_refuse_a_cache_from_another_index(data, raw_cache):
     other.loc[3, "n_frames"] += 1
     with pytest.raises(CacheError, match="does not match the index"):
         TrainClips(other, cache)
+
+
+def test_a_fresh_psta_embeds_zeros_until_its_batchnorm_statistics_are_estimated(data, raw_cache):
+    """The evaluate stage's untrained baseline: with BatchNorm's initial statistics (0 / 1) the
+    relation attention saturates and every embedding is 0; calibrate_batchnorm fixes only that."""
+    from psta.engine.inference import calibrate_batchnorm
+    from psta.model import build_model
+
+    _, _, tracklets = data
+    cache = FrameCache(raw_cache[0])
+    torch.manual_seed(0)
+    model = build_model("psta", 4, seq_len=4, height=H, width=W, backbone="resnet18").eval()
+    clips = torch.stack([TestClips(tracklets, cache, seq_len=4)[i][0] for i in range(len(tracklets))])
+    with torch.no_grad():
+        zero_rows = (model(clips) == 0).all(dim=1)
+    assert zero_rows.float().mean() >= 0.5, zero_rows  # (the demo: all of them, so every distance tied)
+
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    calibrate_batchnorm(model, tracklets, cache, seq_len=4, batch_size=4, seed=0)
+    assert not model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # no weight moved
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(model(clips), dim=1)
+    cos = feats @ feats.T
+    assert feats.norm(dim=1).min() > 0.99 and cos[~torch.eye(len(cos), dtype=torch.bool)].max() < 0.9999

@@ -86,12 +86,26 @@ def provenance(run) -> dict:
             "mlflow_run_id": run.info.run_id}
 
 
+@stage_task
+def untrained_model(params: Params, checkpoint: dict, tracklets, cache):
+    """The baseline: the trained model's architecture freshly initialised (train.seed), its
+    BatchNorm statistics estimated on training clips (without them it embeds everything as 0)."""
+    from psta.engine.inference import calibrate_batchnorm
+    from psta.model import build_model
+
+    torch.manual_seed(params.train.seed)
+    fresh = build_model(**{**checkpoint["config"], "pretrained": params.model.pretrained})
+    train = tracklets[tracklets["split"] == "train"]
+    return calibrate_batchnorm(fresh, train, cache, params.model.seq_len, batch_size=params.evaluate.batch_size,
+                               seed=params.train.seed, num_workers=params.evaluate.num_workers)
+
+
 @stage_flow("evaluate")
 def evaluate(params_path: str = "params.yaml") -> dict:
     from psta.data.cache import FrameCache
     from psta.evaluation.outputs import write_eval_outputs, write_metrics
     from psta.index import read_index
-    from psta.model import build_model, load_checkpoint
+    from psta.model import load_checkpoint
 
     params = load_params(params_path)
     with stage_run("evaluate", params, ("evaluate",)) as run:  # + model.seq_len/pretrained, train.seed (dvc.yaml)
@@ -107,8 +121,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         results = score(params, features, test, protocols)
         untrained = None
         if params.evaluate.untrained_baseline:
-            torch.manual_seed(params.train.seed)
-            fresh = build_model(**{**checkpoint["config"], "pretrained": params.model.pretrained})
+            fresh = untrained_model(params, checkpoint, index.tracklets, cache)
             untrained = score(params, embed(params, fresh, test, cache, dataset), test, protocols)
         summary = write_eval_outputs(
             paths.EVAL, test, features, results, untrained, dataset=dataset, sampling=sampling,

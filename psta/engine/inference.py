@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -100,3 +101,25 @@ def extract_features(
     if sums is None or (weights == 0).any():
         raise ValueError("no embedding was produced for some tracklets; is the frame cache complete?")
     return (sums / weights[:, None]).astype(np.float32)
+
+
+def calibrate_batchnorm(model: nn.Module, tracklets: pd.DataFrame, cache, seq_len: int, num_clips: int = 512,
+                        batch_size: int = 32, seed: int = 0, device: str = "auto", num_workers: int = 0) -> nn.Module:
+    """Re-estimate ``model``'s BatchNorm running statistics on begin-interval clips of a seeded
+    sample of ``num_clips`` of ``tracklets`` (torch's ``update_bn``: a plain average over the
+    batches, no gradient, no weight changed; fast-reid's PreciseBN). Returns ``model``.
+
+    A freshly initialised model has BatchNorm's initial statistics (mean 0, variance 1), which
+    match no real activation. In eval mode PSTA's relation attention then sees pre-sigmoid values
+    of -100 and below, saturates at 0 and embeds every clip as the zero vector (every distance
+    ties). With statistics of real clips an untrained baseline shows what its random weights do.
+    """
+    sample = tracklets.sample(n=min(num_clips, len(tracklets)), random_state=seed)
+    if len(sample) < 2:
+        raise ValueError(f"BatchNorm statistics need at least 2 tracklets, got {len(sample)}")
+    # full batches only: a 1-clip batch has no variance for the embedding's BatchNorm1d
+    loader = DataLoader(TestClips(sample, cache, seq_len=seq_len), batch_size=min(batch_size, len(sample)),
+                        drop_last=True, num_workers=num_workers)
+    dev = resolve_device(device)
+    update_bn(loader, model.to(dev), device=dev)  # a batch's first item is the clips
+    return model.eval()
