@@ -14,6 +14,29 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (`-n 2`, the default addopts) each worker gets its share of the cores, so
+# two workers' torch and its subprocesses do not oversubscribe them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+# The modules whose module-scoped pipelines dominate the suite, longest first (seconds on 2
+# cores, serial). Each module runs whole on one worker (its fixtures are built once); handing
+# the longest out first keeps the two workers' shares even.
+LONGEST_FIRST = [
+    "test_search_e2e.py", "test_dataset_stages.py", "test_orchestration.py", "test_operations.py",
+    "test_reliability.py", "test_experiments.py",
+]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which names each test by its group
+def pytest_collection_modifyitems(config, items):
+    """One xdist group per module; the modules in LONGEST_FIRST order, then the rest as collected."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(item.path.name))
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order
+
 # A few seconds per stage on 2 cores: small frames, few identities, short tracklets.
 TINY_PARAMS = {
     "synthetic": {
