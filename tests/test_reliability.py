@@ -6,6 +6,7 @@ One tiny pipeline execution (the module-scoped ``project``: a fresh clone whose 
 at the old default data.root, data/raw/MARS, reproduced by plain `dvc repro`) serves every
 test; tests that change things work on a copy of it.
 """
+import contextlib
 import json
 import os
 import re
@@ -59,6 +60,17 @@ def start(proj: Project, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=proj.path, env=proj.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+
+
+@contextlib.contextmanager
+def paused(proc: subprocess.Popen):
+    """``proc``'s process group stopped (SIGSTOP): it keeps its locks and cannot finish before a
+    second process, however slow to start on a busy machine, has tried to take them."""
+    os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300, poll: float = 0.005):
@@ -228,7 +240,8 @@ def test_killed_writers_leave_temporaries_the_next_run_sweeps_and_one_training_a
     first = start(proj, "train")
     lock = copy / ".dvc/tmp/stage-train.lock"
     wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid), first)
-    second = pipeline(proj, "train", check=False)
+    with paused(first):
+        second = pipeline(proj, "train", check=False)
     assert second.returncode == 1
     assert second.stderr.strip().splitlines()[-1].startswith(
         f"error: another `python -m pipeline train` is running in this project (pid {first.pid}); "
@@ -266,8 +279,9 @@ def test_two_dvc_repro_at_once_one_runs_and_the_other_is_refused(project, tmp_pa
     try:
         lock = copy / ".dvc/tmp/stage-train.lock"
         holder = wait_for(lambda: lock.is_file() and lock.read_text().strip(), first)  # train is running
-        second = proj.run("dvc", "repro", check=False)
-        direct = pipeline(proj, "train", check=False)
+        with paused(first):
+            second = proj.run("dvc", "repro", check=False)
+            direct = pipeline(proj, "train", check=False)
         out, err = first.communicate(timeout=600)
     finally:
         if first.poll() is None:
