@@ -108,4 +108,3 @@ def workspace(tmp_path, prefect_api) -> Workspace:
     ws = Workspace(tmp_path, env)
     ws.write_params({})
     return ws
-

@@ -89,7 +89,7 @@ def provenance(run) -> dict:
 @stage_task
 def untrained_model(params: Params, checkpoint: dict, tracklets, cache):
     """The baseline: the trained model's architecture freshly initialised (train.seed), its
-    BatchNorm statistics estimated on training clips (without them it embeds everything as 0)."""
+    BatchNorm statistics estimated on training clips (without them it embeds nearly every clip as 0)."""
     from psta.engine.inference import calibrate_batchnorm
     from psta.model import build_model
 

@@ -111,8 +111,8 @@ def calibrate_batchnorm(model: nn.Module, tracklets: pd.DataFrame, cache, seq_le
 
     A freshly initialised model has BatchNorm's initial statistics (mean 0, variance 1), which
     match no real activation. In eval mode PSTA's relation attention then sees pre-sigmoid values
-    of -100 and below, saturates at 0 and embeds every clip as the zero vector (every distance
-    ties). With statistics of real clips an untrained baseline shows what its random weights do.
+    of -100 and below, saturates at 0 and embeds nearly every clip as the zero vector (their
+    distances all tie). With statistics of real clips an untrained baseline shows what its random weights do.
     """
     sample = tracklets.sample(n=min(num_clips, len(tracklets)), random_state=seed)
     if len(sample) < 2:
